@@ -1,0 +1,129 @@
+"""Gemma 4's MTP drafter (`gemma4_assistant`).
+
+Four Q-only decoder layers that attend to the target's K/V (it has no cache of
+its own), fed `concat(scaled target embedding of the last token, carry)`
+through `pre_projection`. It returns logits over the vocabulary and the next
+carry (`post_projection` of its post-norm hidden state). Every step of a burst
+uses the same position id: the position of the token being continued.
+The E2B/E4B drafters score only the tokens of the top few embedding clusters
+(`masked_embedding`, with `token_ordering` mapping cluster slots to token ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import gemma4_text
+from mlx_lm.models.base import BaseModelArgs
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str = "gemma4_assistant"
+    backbone_hidden_size: int = 1536
+    use_ordered_embeddings: bool = False
+    num_centroids: int = 2048
+    centroid_intermediate_top_k: int = 32
+    tie_word_embeddings: bool = True
+    text_config: dict = field(default_factory=dict)
+
+    def text_args(self) -> gemma4_text.ModelArgs:
+        cfg = dict(self.text_config)
+        n = cfg.get("num_hidden_layers", 4)
+        # Every drafter layer reads shared K/V; none of the target-only extras apply.
+        cfg.update(
+            num_hidden_layers=n,
+            num_kv_shared_layers=n,
+            use_double_wide_mlp=False,
+            hidden_size_per_layer_input=0,
+            enable_moe_block=False,
+        )
+        return gemma4_text.ModelArgs.from_dict(cfg)
+
+
+class MaskedEmbedder(nn.Module):
+    """Centroid head: logits for the tokens of the top-k clusters, the rest get min - 1."""
+
+    def __init__(self, args: ModelArgs, hidden_size: int, vocab_size: int):
+        super().__init__()
+        self.top_k = args.centroid_intermediate_top_k
+        self.num_centroids = args.num_centroids
+        self.per_centroid = vocab_size // args.num_centroids
+        self.vocab_size = vocab_size
+        self.centroids = nn.Linear(hidden_size, args.num_centroids, bias=False)
+        self.token_ordering = mx.arange(vocab_size, dtype=mx.int32)
+
+    def __call__(self, h: mx.array, head: nn.Module) -> mx.array:
+        B, L, _ = h.shape
+        scores = self.centroids(h)
+        top = mx.argpartition(-scores, kth=self.top_k - 1, axis=-1)[..., : self.top_k]
+        clusters = self.token_ordering.reshape(self.num_centroids, self.per_centroid)
+        ids = clusters[top].reshape(B, L, -1)  # [B, L, top_k * per_centroid]
+        rows = head(ids)  # embedding rows (dequantized if the head is quantized)
+        selected = (rows.astype(h.dtype) @ h[..., None]).squeeze(-1)
+        fill = selected.min() - 1.0
+        out = mx.full((B, L, self.vocab_size), fill, dtype=selected.dtype)
+        return mx.put_along_axis(out, ids, selected, axis=-1)
+
+
+class DrafterBody(nn.Module):
+    def __init__(self, text: gemma4_text.ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        self.layers = [gemma4_text.DecoderLayer(text, i) for i in range(text.num_hidden_layers)]
+        self.norm = nn.RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        text = args.text_args()
+        self.text = text
+        self.hidden_size = text.hidden_size
+        self.vocab_size = text.vocab_size
+        self.model = DrafterBody(text)
+        self.pre_projection = nn.Linear(2 * args.backbone_hidden_size, text.hidden_size, bias=False)
+        self.post_projection = nn.Linear(text.hidden_size, args.backbone_hidden_size, bias=False)
+        if args.use_ordered_embeddings:
+            self.masked_embedding = MaskedEmbedder(args, text.hidden_size, text.vocab_size)
+
+    def __call__(
+        self,
+        inputs_embeds: mx.array,
+        position: int | mx.array,
+        shared_kv: dict[str, tuple[mx.array, mx.array]],
+    ) -> tuple[mx.array, mx.array]:
+        """One draft step: (logits [B, L, V], carry [B, L, backbone_hidden])."""
+        h = self.pre_projection(inputs_embeds)
+        for layer in self.model.layers:
+            # No mask: the shared K/V are already cut to what this layer may see.
+            h, _, _ = layer(h, None, None, shared_kv=shared_kv[layer.layer_type], offset=position)
+        h = self.model.norm(h)
+        carry = self.post_projection(h)
+        if self.args.use_ordered_embeddings:
+            logits = self.masked_embedding(h, self.model.embed_tokens)
+        else:
+            logits = self.model.embed_tokens.as_linear(h)
+        return logits, carry
+
+    def sanitize(self, weights: dict) -> dict:
+        out = {}
+        for k, v in weights.items():
+            if k == "lm_head.weight":  # tied to model.embed_tokens
+                continue
+            if k.endswith("token_ordering"):
+                v = v.astype(mx.int32)
+            out[k] = v
+        return out
+
+    @property
+    def quant_predicate(self):
+        def predicate(path, module):
+            # The centroid scorer is tiny and decides which tokens can be drafted at all.
+            return not path.endswith("masked_embedding.centroids")
+
+        return predicate
