@@ -43,15 +43,20 @@ class Gemma4Target:
         return self.lm.model.norm.weight.dtype
 
     def make_cache(self, max_rollback: int = 64) -> list:
+        window = self.sliding_window
         return [
-            KVCache() if t == "full_attention" else SlidingKVCache(self.sliding_window, max_rollback)
+            KVCache() if t == "full_attention" else SlidingKVCache(window, max_rollback)
             for t in self.layer_types
         ]
 
     def __call__(self, tokens: mx.array, cache: list) -> tuple[mx.array, mx.array]:
         """Run `tokens` [1, L] through the model: (logits [1, L, V], post-norm hidden [1, L, H])."""
-        hidden = self.lm.model(tokens, cache=cache)
+        hidden = self.hidden(tokens, cache)
         return self.logits(hidden), hidden
+
+    def hidden(self, tokens: mx.array, cache: list) -> mx.array:
+        """Post-final-norm hidden states [1, L, H], updating `cache`."""
+        return self.lm.model(tokens, cache=cache)
 
     def logits(self, hidden: mx.array) -> mx.array:
         if self.lm.tie_word_embeddings:
