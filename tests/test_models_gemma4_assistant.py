@@ -1,0 +1,63 @@
+"""The drafter against transformers 5.17, given the same shared K/V."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import PAIRS, pair, reference
+
+
+def shared_from_reference(ref, window, suffix=""):
+    def kv(kind, n):
+        k = mx.array(ref[f"draft_shared_k_{kind}{suffix}"].astype(np.float32))[None, :, -n:]
+        v = mx.array(ref[f"draft_shared_v_{kind}{suffix}"].astype(np.float32))[None, :, -n:]
+        return k, v
+
+    return {"sliding_attention": kv("sliding", window + 1), "full_attention": kv("full", 10**6)}
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_draft_steps_match_transformers(name):
+    """Five consecutive draft steps: logits and carry within 1e-4, same tokens."""
+    ref = reference(name)
+    p = pair(name)
+    target, drafter = p.target, p.drafter
+    shared = shared_from_reference(ref, target.sliding_window)
+    token, carry = int(ref["draft_t0"]), mx.array(ref["draft_h0"])[None, None]
+    position = int(ref["draft_position"])
+    for i in range(5):
+        x = mx.concatenate([target.embed(mx.array([[token]])), carry], -1)
+        np.testing.assert_allclose(np.array(x[0, 0]), ref["draft_input_embeds"][i], atol=1e-4)
+        logits, carry = drafter(x, position, shared)
+        np.testing.assert_allclose(np.array(logits[0, 0]), ref["draft_logits"][i], atol=1e-4)
+        np.testing.assert_allclose(np.array(carry[0, 0]), ref["draft_carry"][i], atol=1e-4)
+        token = int(mx.argmax(logits[0, 0]).item())
+        assert token == int(ref["draft_tokens"][i])
+
+
+def test_sliding_layers_see_only_window_plus_one():
+    """Older entries must not matter; the oldest kept one must."""
+    ref = reference("e2b_tiny")
+    p = pair("e2b_tiny")
+    shared = shared_from_reference(ref, p.target.sliding_window)
+    x = mx.array(ref["draft_input_embeds"][0])[None, None]
+    base, _ = p.drafter(x, int(ref["draft_position"]), shared)
+    k, v = shared["sliding_attention"]
+    changed = {**shared, "sliding_attention": (k.at[:, :, 0].add(3.0), v)}
+    moved, _ = p.drafter(x, int(ref["draft_position"]), changed)
+    assert mx.abs(moved - base).max().item() > 1e-3
+
+
+def test_centroid_head_masks_unselected_tokens():
+    """E2B/E4B head: only the top-k clusters' tokens get real logits, the rest min - 1."""
+    p = pair("e2b_tiny")
+    ref = reference("e2b_tiny")
+    head = p.drafter.masked_embedding
+    logits = np.array(p.drafter(
+        mx.array(ref["draft_input_embeds"][0])[None, None],
+        int(ref["draft_position"]),
+        shared_from_reference(ref, p.target.sliding_window),
+    )[0][0, 0])
+    n_real = head.top_k * head.per_centroid
+    fill = logits.min()
+    assert (logits > fill).sum() == n_real
+    assert np.isclose(np.min(logits[logits > fill]) - 1.0, fill, atol=1e-5)  # fill = min(real) - 1
