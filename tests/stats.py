@@ -18,7 +18,7 @@ def chi2_critical(df: int) -> float:
     return df * (1.0 - a + Z_999 * np.sqrt(a)) ** 3
 
 
-def chi2_fits(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0) -> tuple[float, float]:
+def chi2_fits(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0):
     """(statistic, critical value) for observed counts against probabilities.
 
     Cells expected to hold fewer than `min_expected` draws are pooled, as usual.

@@ -45,9 +45,9 @@ def test_greedy_speculative_equals_plain(name, dtype):
     want = list(plain(name, dtype))
     accepted_total = 0
     for K in SCHEDULES:
-        for drafter in (p.drafter, ScriptedDrafter(p.drafter, want, len(prompt) + 0, 0.7, seed=K or 0)):
-            # ScriptedDrafter wants the token at absolute position start + i: generated
-            # token i sits at len(prompt) + i.
+        # Generated token i sits at absolute position len(prompt) + i.
+        scripted = ScriptedDrafter(p.drafter, want, len(prompt), 0.7, seed=K or 0)
+        for drafter in (p.drafter, scripted):
             got, rounds, _, _ = run(p.target, drafter, prompt, schedule=DraftSchedule(fixed=K))
             assert got == want, (K, type(drafter).__name__)
             assert all(r.draft_len <= (K or 8) for r in rounds)
@@ -94,8 +94,9 @@ def test_caches_equal_plain_after_any_pattern(name, alpha):
         assert got == want
         assert session.pending == plain_session.pending
         assert np.allclose(np.array(session.carry), np.array(plain_session.carry), atol=1e-4)
-        for (k1, v1), (k2, v2) in zip(cache_contents(p.target, session),
-                                      cache_contents(p.target, plain_session)):
+        ours, theirs = cache_contents(p.target, session), cache_contents(p.target, plain_session)
+        assert len(ours) == len(theirs)
+        for (k1, v1), (k2, v2) in zip(ours, theirs, strict=True):
             assert k1.shape == k2.shape
             np.testing.assert_allclose(k1, k2, atol=1e-5)
             np.testing.assert_allclose(v1, v2, atol=1e-5)
@@ -115,7 +116,8 @@ def test_stops_at_eos_and_max_tokens(K):
     assert got == want[: first + 1] and finish == "stop"
     assert session.length == len(prompt) + first + 1
     for n in (1, 2, 13):
-        got, _, finish, session = run(p.target, drafter, prompt, n=n, schedule=DraftSchedule(fixed=K))
+        schedule = DraftSchedule(fixed=K)
+        got, _, finish, session = run(p.target, drafter, prompt, n=n, schedule=schedule)
         assert got == want[:n] and finish == "length"
         assert session.length == len(prompt) + n
 

@@ -21,7 +21,10 @@ def forward(target, ids, chunks):
 
 
 @pytest.mark.parametrize("name", TARGETS)
-@pytest.mark.parametrize("chunks", [[40], [1] * 40, [7, 1, 1, 20, 11]], ids=["block", "single", "mixed"])
+CHUNKINGS = {"block": [40], "single": [1] * 40, "mixed": [7, 1, 1, 20, 11]}
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS.values(), ids=CHUNKINGS.keys())
 def test_logits_match_transformers(name, chunks):
     ref = reference(name)
     target = pair(name, use_drafter=False).target
