@@ -20,10 +20,10 @@ def forward(target, ids, chunks):
     return np.array(mx.concatenate(logits)), np.array(mx.concatenate(hidden))
 
 
-@pytest.mark.parametrize("name", TARGETS)
 CHUNKINGS = {"block": [40], "single": [1] * 40, "mixed": [7, 1, 1, 20, 11]}
 
 
+@pytest.mark.parametrize("name", TARGETS)
 @pytest.mark.parametrize("chunks", CHUNKINGS.values(), ids=CHUNKINGS.keys())
 def test_logits_match_transformers(name, chunks):
     ref = reference(name)
