@@ -9,7 +9,7 @@ import pytest
 from conftest import PAIRS, pair, reference
 from stats import chi2_fits
 
-from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
+from gemma_mtp_mlx.decoding import AutoSchedule, Decoder, DraftSchedule, Session
 from gemma_mtp_mlx.models.cache import SlidingKVCache
 from gemma_mtp_mlx.sampling import SamplingParams
 from gemma_mtp_mlx.scripted import ScriptedDrafter
@@ -147,26 +147,6 @@ def test_empty_prompt_is_refused():
         run(p.target, p.drafter, [])
 
 
-def test_heuristic_schedule():
-    s = DraftSchedule()
-    assert s.next() == 4
-    s.update(4, 4)
-    assert s.next() == 6
-    s.update(6, 6)
-    s.update(8, 8)
-    assert s.next() == 8  # bounded
-    s.update(8, 2)
-    assert s.next() == 7
-    for _ in range(10):
-        s.update(s.next(), 0)
-    assert s.next() == 1
-    fixed = DraftSchedule(fixed=3)
-    fixed.update(3, 3)
-    assert fixed.next() == 3
-    with pytest.raises(ValueError):
-        DraftSchedule(fixed=99)
-
-
 def exact_pair_distribution(target, prompt, params):
     """P(tok1, tok2) under plain sampling, from the target's own logits."""
     from gemma_mtp_mlx.sampling import probabilities
@@ -202,3 +182,14 @@ def test_speculative_sampling_matches_target_distribution(name):
         counts[got[0], got[1]] += 1
     stat, crit = chi2_fits(counts.ravel(), joint.ravel())
     assert stat < crit, (stat, crit)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_auto_schedule_output_equals_plain(name):
+    p = pair(name)
+    prompt = reference(name)["prompt_ids"].tolist()
+    want = list(plain(name, "float32"))
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.8)
+    got, rounds, _, _ = run(p.target, drafter, prompt, schedule=AutoSchedule())
+    assert got == want
+    assert any(r.draft_len > 0 for r in rounds)

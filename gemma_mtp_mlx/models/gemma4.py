@@ -36,6 +36,7 @@ class Gemma4Target:
         self.layer_types = types
         # Index of the last layer of each type that computes its own K/V.
         self.kv_source = {t: max(i for i, lt in enumerate(types) if lt == t) for t in set(types)}
+        self.greedy_margin: float | None = None  # set by decoding.calibrate_margin
 
     @property
     def dtype(self):
