@@ -107,6 +107,7 @@ class Decoder:
         self.sampling = sampling or SamplingParams()
         self.sampling.validate()
         self.margin = greedy_margin  # measured on first use when None
+        self._ahead = None  # a queued plain step: (token, hidden)
         seed = self.sampling.seed if self.sampling.seed is not None else time.time_ns() % 2**31
         self.key = mx.random.key(seed)
 
@@ -198,6 +199,13 @@ class Decoder:
             raise ValueError("empty prompt")
         if self.margin is None and self.drafter is not None and self.sampling.greedy:
             self.margin = calibrate_margin(self.target, tokens)
+        self._ahead = None
+        try:
+            yield from self._generate(session, tokens, max_tokens, schedule, eos)
+        finally:  # also when the consumer stops early (Ctrl-C, a closed pipe)
+            rollback(session.cache, self._drop_ahead())
+
+    def _generate(self, session, tokens, max_tokens, schedule, eos) -> Iterator[Event]:
         t0 = time.perf_counter()
         logits, hidden = self.step(session, tokens)
         first = self.pick(logits).item()
@@ -211,9 +219,8 @@ class Decoder:
             if k > 0:
                 new, accepted, redone = self.speculative_round(session, k)
             else:
-                logits, hidden = self.step(session, [session.pending])
-                new, accepted, redone = [self.pick(logits).item()], 0, False
-                session.carry = hidden
+                ahead = self.drafter is None and generated + 1 < max_tokens
+                new, accepted, redone = [self.plain_step(session, ahead)], 0, False
             schedule.update(k, accepted, time.perf_counter() - t)
             kept = new
             for i, tok in enumerate(new):  # stop at the first EOS or the token budget
@@ -223,10 +230,33 @@ class Decoder:
                     kept = new[: i + 1]
                     break
             # The cache must end just before the last kept token.
-            rollback(session.cache, len(new) - len(kept))
+            queued = self._drop_ahead() if done else 0
+            rollback(session.cache, len(new) - len(kept) + queued)
             session.pending = kept[-1]
             info = RoundInfo(k, accepted, len(kept), time.perf_counter() - t, redone)
             yield Event(kept, info, finish_reason=done)
+
+    def plain_step(self, session: Session, run_ahead: bool) -> int:
+        """One step of plain decoding. With `run_ahead` the next step is queued before
+        this token is read, as mlx-lm does, so the device never waits for Python to
+        build the next graph; the cache then already holds the returned token."""
+        if self._ahead is None:
+            pending = mx.array([[session.pending]], dtype=mx.uint32)
+            logits, hidden = self.target(pending, session.cache)
+            token = self.pick(logits[0, -1])
+        else:
+            (token, hidden), self._ahead = self._ahead, None
+        if run_ahead:
+            logits, ahead_hidden = self.target(token.reshape(1, 1), session.cache)
+            self._ahead = (self.pick(logits[0, -1]), ahead_hidden)
+            mx.async_eval(self._ahead)
+        session.carry = hidden
+        return token.item()
+
+    def _drop_ahead(self) -> int:
+        """Forget a queued step: 1 if the cache held one token too many."""
+        held, self._ahead = self._ahead is not None, None
+        return int(held)
 
     @staticmethod
     def _finish(token: int, generated: int, max_tokens: int, eos: set[int]) -> str | None:

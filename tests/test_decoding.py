@@ -193,3 +193,28 @@ def test_auto_schedule_output_equals_plain(name):
     got, rounds, _, _ = run(p.target, drafter, prompt, schedule=AutoSchedule())
     assert got == want
     assert any(r.draft_len > 0 for r in rounds)
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 10])
+def test_plain_run_ahead_keeps_the_session_consistent(stop_after):
+    """Plain decoding queues the next step ahead; stops and early exits must undo it."""
+    name = "e2b_tiny"
+    p = pair(name)
+    prompt = reference(name)["prompt_ids"].tolist()
+    want = list(plain(name, "float32"))
+    # EOS stop and the token budget.
+    got, _, finish, session = run(p.target, None, prompt, eos=[want[stop_after - 1]])
+    assert got == want[: want.index(want[stop_after - 1]) + 1] and finish == "stop"
+    assert session.length == len(prompt) + len(got)
+    # The consumer walks away mid-stream (Ctrl-C, closed pipe): the session stays usable.
+    session = Session(p.target)
+    events = Decoder(p.target).generate(session, prompt, 40)
+    got = []
+    for event in events:
+        got += event.tokens
+        if len(got) >= stop_after:
+            break
+    events.close()
+    assert session.length == len(prompt) + len(got)
+    more, _, _, _ = run(p.target, None, [], n=5, session=session)
+    assert got + more == want[: len(got) + 5]
