@@ -16,9 +16,10 @@ import mlx.core as mx
 from mlx_lm.utils import load_model, load_tokenizer
 
 from .models import gemma4_assistant
+from .models.gemma3 import Gemma3Target
 from .models.gemma4 import Gemma4Target
 
-TARGET_TYPES = ("gemma4", "gemma4_text")
+TARGET_TYPES = ("gemma4", "gemma4_text", "gemma3_text")
 DRAFTER_TYPES = ("gemma4_assistant",)
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
@@ -29,10 +30,10 @@ class ModelLoadError(ValueError):
 
 @dataclass
 class ModelPair:
-    target: Gemma4Target
+    target: Gemma4Target | Gemma3Target
     drafter: gemma4_assistant.Model | None
     tokenizer: object  # mlx_lm TokenizerWrapper
-    eos_token_ids: set[int] = field(default_factory=set)
+    eos_ids: set[int] = field(default_factory=set)
     path: Path | None = None
 
 
@@ -74,12 +75,12 @@ def _load(path: Path, get_classes, overrides: dict, dtype, kind: str):
     return model, config
 
 
-def load_target(path: str | Path, dtype=None) -> Gemma4Target:
+def load_target(path: str | Path, dtype=None) -> Gemma4Target | Gemma3Target:
     path = Path(path)
     config = read_config(path)
     if config.get("model_type") not in TARGET_TYPES:
         raise ModelLoadError(
-            f"{path}: model_type {config.get('model_type')!r} is not a Gemma 4 target"
+            f"{path}: model_type {config.get('model_type')!r} is not a Gemma 4 or 3 target"
         )
     overrides = {}
     if config.get("model_type") == "gemma4" and "vocab_size" not in config:
@@ -87,6 +88,8 @@ def load_target(path: str | Path, dtype=None) -> Gemma4Target:
         overrides["vocab_size"] = text_config(config).get("vocab_size", 262144)
     model, _ = _load(path, _mlx_lm_classes, overrides, dtype, "target")
     lm = model.language_model if hasattr(model, "language_model") else model
+    if config.get("model_type") == "gemma3_text":
+        return Gemma3Target(lm)
     return Gemma4Target(lm)
 
 
@@ -111,7 +114,7 @@ def load_drafter(path: str | Path, dtype=None) -> gemma4_assistant.Model:
     return model
 
 
-def check_pair(target: Gemma4Target, drafter: gemma4_assistant.Model) -> None:
+def check_pair(target: Gemma4Target | Gemma3Target, drafter: gemma4_assistant.Model) -> None:
     """Refuse a drafter trained for another target, in one line."""
     a, t = drafter.args, target.args
     if a.backbone_hidden_size != t.hidden_size:
@@ -127,7 +130,8 @@ def check_pair(target: Gemma4Target, drafter: gemma4_assistant.Model) -> None:
     d = drafter.text
     for kind in set(target.layer_types):
         full = kind == "full_attention"
-        t_dim = t.global_head_dim if full and t.global_head_dim else t.head_dim
+        t_global = getattr(t, "global_head_dim", None)  # Gemma 3 has one head size
+        t_dim = t_global if full and t_global else t.head_dim
         d_dim = d.global_head_dim if full and d.global_head_dim else d.head_dim
         if t_dim != d_dim:
             raise ModelLoadError(

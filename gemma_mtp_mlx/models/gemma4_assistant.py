@@ -7,6 +7,10 @@ carry (`post_projection` of its post-norm hidden state). Every step of a burst
 uses the same position id: the position of the token being continued.
 The E2B/E4B drafters score only the tokens of the top few embedding clusters
 (`masked_embedding`, with `token_ordering` mapping cluster slots to token ids).
+Distilled drafters (`gemma-mtp distill`) may instead score a fixed subset of the
+vocabulary (`draft_vocab_size` > 0: an embedding of that many rows and
+`draft_token_ids` mapping its rows to token ids); every other token gets -inf,
+so it is never drafted (the target still verifies over the whole vocabulary).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class ModelArgs(BaseModelArgs):
     num_centroids: int = 2048
     centroid_intermediate_top_k: int = 32
     tie_word_embeddings: bool = True
+    draft_vocab_size: int = 0  # > 0: the head scores only `draft_token_ids`
     text_config: dict = field(default_factory=dict)
 
     def text_args(self) -> gemma4_text.ModelArgs:
@@ -69,9 +74,9 @@ class MaskedEmbedder(nn.Module):
 
 
 class DrafterBody(nn.Module):
-    def __init__(self, text: gemma4_text.ModelArgs):
+    def __init__(self, text: gemma4_text.ModelArgs, head_rows: int = 0):
         super().__init__()
-        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        self.embed_tokens = nn.Embedding(head_rows or text.vocab_size, text.hidden_size)
         self.layers = [gemma4_text.DecoderLayer(text, i) for i in range(text.num_hidden_layers)]
         self.norm = nn.RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
 
@@ -85,7 +90,9 @@ class Model(nn.Module):
         self.text = text
         self.hidden_size = text.hidden_size
         self.vocab_size = text.vocab_size
-        self.model = DrafterBody(text)
+        self.model = DrafterBody(text, args.draft_vocab_size)
+        if args.draft_vocab_size:
+            self.draft_token_ids = mx.arange(args.draft_vocab_size, dtype=mx.int32)
         self.pre_projection = nn.Linear(2 * args.backbone_hidden_size, text.hidden_size, bias=False)
         self.post_projection = nn.Linear(text.hidden_size, args.backbone_hidden_size, bias=False)
         if args.use_ordered_embeddings:
@@ -106,16 +113,24 @@ class Model(nn.Module):
         carry = self.post_projection(h)
         if self.args.use_ordered_embeddings:
             logits = self.masked_embedding(h, self.model.embed_tokens)
+        elif self.args.draft_vocab_size:
+            logits = self.expand_logits(self.model.embed_tokens.as_linear(h))
         else:
             logits = self.model.embed_tokens.as_linear(h)
         return logits, carry
+
+    def expand_logits(self, sub: mx.array) -> mx.array:
+        """Logits over `draft_token_ids` [..., V'] -> the full vocabulary, -inf elsewhere."""
+        out = mx.full((*sub.shape[:-1], self.vocab_size), -mx.inf, dtype=sub.dtype)
+        ids = mx.broadcast_to(self.draft_token_ids, sub.shape)
+        return mx.put_along_axis(out, ids, sub, axis=-1)
 
     def sanitize(self, weights: dict) -> dict:
         out = {}
         for k, v in weights.items():
             if k == "lm_head.weight":  # tied to model.embed_tokens
                 continue
-            if k.endswith("token_ordering"):
+            if k.endswith(("token_ordering", "draft_token_ids")):
                 v = v.astype(mx.int32)
             out[k] = v
         return out

@@ -1,0 +1,7 @@
+"""The one error type of `gemma-mtp convert`."""
+
+from __future__ import annotations
+
+
+class ConvertError(ValueError):
+    """A conversion that cannot be done; the message is one line for the user."""

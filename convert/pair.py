@@ -1,0 +1,231 @@
+"""`convert_pair`: a target and its drafter into one MLX folder, atomically.
+
+OUT/target and OUT/drafter are plain mlx-lm model folders; OUT/manifest.json
+records where they came from and how they were converted. Everything is built
+in a hidden folder next to OUT and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from .errors import ConvertError
+from .plan import ModelPlan, check_drafter, check_options, plan_model, skeleton
+from .source import Source, has_tokenizer, resolve
+from .writer import MAX_SHARD_BYTES, write_model
+
+SAME = "same"
+
+
+def tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gemma-mtp")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
+def _drafter_bits(bits: int | None, drafter_bits) -> int | None:
+    if drafter_bits == SAME:
+        return bits
+    if drafter_bits in (None, "none", "None"):
+        return None
+    try:
+        return int(drafter_bits)
+    except (TypeError, ValueError):
+        raise ConvertError(
+            f"--drafter-bits {drafter_bits} is not supported (4, 8 or none)"
+        ) from None
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _check_out(out: Path, force: bool, sources: list[Source]) -> None:
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ConvertError(f"{out}: already exists (pass --force to replace it)")
+        if not out.is_dir() or out.is_symlink():
+            raise ConvertError(f"{out}: exists and is not a folder; remove it yourself")
+    for s in sources:
+        src = s.path.resolve()
+        if out == src or out in src.parents:
+            raise ConvertError(f"{out}: would overwrite the source {s.spec}")
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out.parent}: no such folder")
+
+
+def _write_all(plans: list[ModelPlan], tmp: Path, progress: bool, max_shard_bytes: int) -> None:
+    total = sum(p.output_bytes for p in plans)
+    if not progress or not sys.stderr.isatty():
+        for p in plans:
+            write_model(p, tmp / p.kind, max_shard_bytes)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("converting", total=total)
+        for p in plans:
+            bar.update(task, description=f"converting {p.kind}")
+            write_model(p, tmp / p.kind, max_shard_bytes, lambda n: bar.advance(task, n))
+
+
+def convert_pair(
+    target: str,
+    drafter: str | None,
+    out: str | Path,
+    *,
+    bits: int | None = None,
+    group_size: int = 64,
+    dtype: str = "bfloat16",
+    drafter_bits: int | None | str = SAME,
+    force: bool = False,
+    progress: bool = True,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Convert a Gemma 4 target (and its MTP drafter) into `out`; returns `out`.
+
+    target / drafter: a local folder or a Hugging Face repo id. A repo id with no
+    drafter given gets `<repo id>-assistant`; a local target with no drafter is
+    converted alone. Nothing is written unless every check passes.
+    """
+    check_options(bits, group_size, dtype)
+    dbits = _drafter_bits(bits, drafter_bits)
+    check_options(dbits, group_size, dtype, what="--drafter-bits")
+    out = Path(out).expanduser().absolute()
+    if (out.exists() or out.is_symlink()) and not force:  # before any download
+        raise ConvertError(f"{out}: already exists (pass --force to replace it)")
+
+    t0 = time.perf_counter()
+    tsrc = resolve(target, progress)
+    if drafter is None and tsrc.repo_id:
+        drafter = tsrc.repo_id + "-assistant"
+    dsrc = resolve(drafter, progress) if drafter is not None else None
+    _check_out(out, force, [s for s in (tsrc, dsrc) if s is not None])
+
+    # Configs first (cheap, and the clearest errors), then every weight header.
+    tconfig, tmodel = skeleton(tsrc.path, "target")
+    if dsrc is not None:
+        dconfig, dmodel = skeleton(dsrc.path, "drafter")
+        check_drafter(tmodel, dmodel, dsrc.path)
+    if not has_tokenizer(tsrc.path):
+        raise ConvertError(f"{tsrc.path}: no tokenizer.json or tokenizer.model")
+    plans = [plan_model(tsrc.path, "target", bits, group_size, dtype, tconfig, tmodel)]
+    if dsrc is not None:
+        plans.append(plan_model(dsrc.path, "drafter", dbits, group_size, dtype, dconfig, dmodel))
+    else:
+        _say(progress, f"no drafter given: converting the target {target} only")
+
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = None
+    try:
+        tmp.mkdir()
+        _write_all(plans, tmp, progress, max_shard_bytes)
+        manifest = {
+            "tool": "gemma-mtp",
+            "version": tool_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "target": {"source": tsrc.spec, **tsrc.describe()},
+            "drafter": {"source": dsrc.spec, **dsrc.describe()} if dsrc else None,
+            "bits": bits,
+            "drafter_bits": dbits if dsrc else None,
+            "group_size": group_size if (bits or dbits) else None,
+            "dtype": dtype,
+            "mode": "affine" if (bits or dbits) else None,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists() or out.is_symlink():  # --force: swap only now, complete
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:  # Ctrl-C included: leave nothing half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old, out)
+            old = None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    size = sum(p.output_bytes for p in plans)
+    human = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    _say(progress, f"wrote {out} ({human}, {time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+# -- resolve_model: what the CLI's -m accepts ---------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("GEMMA_MTP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gemma-mtp"
+
+
+def cache_name(repo_id: str, bits: int | None) -> str:
+    return repo_id.replace("/", "--") + (f"-{bits}bit" if bits else "-bf16")
+
+
+def _is_mlx_repo(source: Source) -> bool:
+    """Already in MLX layout: quantized by mlx-lm, or weights named as mlx-lm names them."""
+    from .source import read_config
+
+    config = read_config(source.path)
+    if "quantization" in config or "quantization" in config.get("text_config", {}):
+        return True
+    index = source.path / "model.safetensors.index.json"
+    if index.is_file():
+        keys = json.loads(index.read_text()).get("weight_map", {})
+    else:
+        from .safetensors_io import read_header
+
+        files = sorted(source.path.glob("model*.safetensors"))
+        keys = read_header(files[0]) if files else {}
+    return any(k.startswith("language_model.model.") for k in keys)
+
+
+def resolve_model(
+    spec: str, bits: int | None = 4, cache_dir: Path | None = None, progress: bool = True
+) -> Path:
+    """A folder the loader can use, for `-m SPEC`.
+
+    A local folder is returned as is. A Hub id of an MLX model is downloaded and
+    used directly. Any other Hub id (google/gemma-4-*-it) is converted once, with
+    its `-assistant` drafter, into the cache and reused afterwards.
+    """
+    from .source import fetch, is_hub_id
+
+    if not is_hub_id(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ConvertError(f"{spec}: no such model folder or Hugging Face repo id")
+        return path
+    dest = Path(cache_dir or default_cache_dir()) / cache_name(spec, bits)
+    if (dest / "manifest.json").is_file():
+        return dest
+    # Config and index first: an MLX repo is used as is, anything else is converted.
+    head = fetch(spec, ["config.json", "model.safetensors.index.json"], progress)
+    if (
+        not list(head.path.glob("*.safetensors"))
+        and not (head.path / "model.safetensors.index.json").is_file()
+    ):
+        head = fetch(spec, None, progress)
+    if _is_mlx_repo(head):
+        return fetch(spec, None, progress).path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _say(progress, f"converting {spec} once into {dest}")
+    return convert_pair(spec, None, dest, bits=bits, progress=progress)

@@ -1,0 +1,946 @@
+"""The `gemma-mtp` command: generate, chat, bench and convert.
+
+Errors are one line on stderr (`error: ...`) and a non-zero exit code, never a
+traceback: 1 for a model or conversion problem, 2 for a bad option or an empty
+prompt, 130 for Ctrl-C. MLX and the models are imported inside the commands,
+so `gemma-mtp --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from typer.core import TyperGroup
+
+from .live import PlainView, is_terminal, make_view, stats_line, status_panel
+
+DEFAULT_MODEL = "google/gemma-4-E4B-it"
+DEFAULT_BITS = 4
+MAX_DRAFT = 16  # decoding.MAX_DRAFT, repeated here to keep --help free of MLX
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+BENCH_PROMPTS = (
+    "Explain how a hash map works, with a short Python example.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "List the planets of the solar system with one fact about each.",
+)
+
+
+class CliError(Exception):
+    """A failure the user can fix: shown as one `error:` line, exit `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    raise CliError(message, code)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class _Group(TyperGroup):
+    """Every failure as one line on stderr, whatever raised it (click, typer or us)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if hasattr(signal, "SIGPIPE") and sys.stdout is sys.__stdout__:
+            # Like `cat`: a closed pipe (`| head`) ends us quietly, with no traceback.
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+            if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
+                _say("interrupted")
+        except CliError as e:
+            _say(f"error: {e}")
+            code = e.code
+        except KeyboardInterrupt:
+            _say("interrupted")
+            code = 130
+        except Exception as e:
+            code = _click_failure(e)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _click_failure(e: Exception) -> int:
+    """click's (or typer's vendored click's) exceptions as one line; anything else is a bug."""
+    kinds = {c.__name__ for c in type(e).__mro__}
+    ctx = getattr(e, "ctx", None)
+    if "NoArgsIsHelpError" in kinds and ctx is not None:
+        sys.stdout.write(ctx.get_help() + "\n")
+        return 0
+    if "UsageError" in kinds:
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _say(f"error: {e.format_message()}{hint}")
+        return getattr(e, "exit_code", 2)
+    if "ClickException" in kinds:
+        _say(f"error: {e.format_message()}")
+        return getattr(e, "exit_code", 1)
+    if "Abort" in kinds:
+        _say("interrupted")
+        return 130
+    if os.environ.get("GEMMA_MTP_DEBUG"):
+        raise e
+    name, line = type(e).__name__, _first_line(e)
+    _say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
+    return 1
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="gemma-mtp",
+    help="Gemma 4 on MLX, faster with its multi-token-prediction drafter, "
+    "with output identical to plain decoding.",
+    epilog="Examples:\n\n"
+    "  gemma-mtp chat                                  [dim]# google/gemma-4-E4B-it, 4-bit[/]\n\n"
+    '  gemma-mtp generate --prompt "Why is the sky blue?"\n\n'
+    '  cat notes.txt | gemma-mtp generate --prompt "Summarize:" > summary.md\n\n'
+    "  gemma-mtp bench -m out/gemma-4-E4B-it-4bit --runs 3\n\n"
+    "  gemma-mtp convert --target google/gemma-4-E4B-it -o out/e4b-4bit --bits 4",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _main() -> None:
+    """Gemma 4 on MLX, faster with its multi-token-prediction drafter, output unchanged."""
+
+
+# -- options shared by the commands ------------------------------------------------------------
+class DType(str, Enum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A folder made by `gemma-mtp convert` (target/ + drafter/), any Gemma 4 model "
+        "folder, or a Hugging Face repo id (downloaded and converted to 4-bit once).",
+        show_default=True,
+    ),
+]
+DrafterOpt = Annotated[
+    Path | None,
+    typer.Option("--drafter", help="Drafter folder, when the model folder has none."),
+]
+NoDraftOpt = Annotated[
+    bool, typer.Option("--no-draft", help="Run the target alone (plain decoding).")
+]
+NumDraftOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-draft",
+        "-k",
+        help=f"Fixed draft length 1..{MAX_DRAFT} (default: adaptive schedule).",
+    ),
+]
+DTypeOpt = Annotated[
+    DType | None,
+    typer.Option("--dtype", help="Compute dtype (default: the checkpoint's)."),
+]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Tokens to generate.")]
+TempOpt = Annotated[float, typer.Option("--temp", "-t", help="Temperature; 0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens; 0: all.")]
+MinPOpt = Annotated[float, typer.Option("--min-p", help="Drop tokens below min-p x the best.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.")]
+SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
+
+
+def _sampling(temp: float, top_p: float, top_k: int, min_p: float, seed: int | None):
+    from .sampling import SamplingParams
+
+    params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    try:
+        params.validate()
+    except ValueError as e:
+        fail(f"bad sampling option: {e}", 2)
+    return params
+
+
+def _check_draft_options(no_draft: bool, num_draft: int | None, drafter: Path | None) -> None:
+    if no_draft and num_draft is not None:
+        fail("--num-draft and --no-draft exclude each other", 2)
+    if no_draft and drafter is not None:
+        fail("--drafter and --no-draft exclude each other", 2)
+    if num_draft is not None and not 1 <= num_draft <= MAX_DRAFT:
+        fail(f"--num-draft must be in 1..{MAX_DRAFT} (use --no-draft for none)", 2)
+
+
+def resolve_model_path(spec: str) -> Path:
+    """A local folder as is; a hub repo id through the converter (download + convert once)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            fail(f"{spec}: not a folder (make a model folder with `gemma-mtp convert`)")
+        return path
+    if HUB_ID.match(spec):
+        try:
+            from .convert import resolve_model
+        except ImportError:
+            fail(
+                f"{spec}: no such folder, and fetching hub models needs the converter "
+                "(gemma_mtp_mlx.convert), which is not installed; "
+                "make a folder with `gemma-mtp convert`"
+            )
+        try:
+            return Path(resolve_model(spec, bits=DEFAULT_BITS, progress=is_terminal(sys.stderr)))
+        except (ValueError, OSError) as e:  # ConvertError, ModelLoadError, network
+            fail(f"{spec}: {_first_line(e)} (or convert it yourself with `gemma-mtp convert`)")
+    fail(
+        f"{spec}: no such model folder (make one with "
+        "`gemma-mtp convert --target google/gemma-4-E4B-it -o DIR`, or pass a hub repo id)"
+    )
+
+
+def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | None):
+    """The model pair, or one line saying what is wrong (never a silent fallback)."""
+    from .loading import ModelLoadError, load_pair
+
+    path = resolve_model_path(spec)
+    try:
+        pair = load_pair(
+            path,
+            drafter_path=drafter,
+            use_drafter=not no_draft,
+            dtype=dtype.value if dtype else None,
+        )
+    except ModelLoadError as e:
+        msg = _first_line(e)
+        about_drafter = "drafter" in msg.lower() or (drafter is not None and str(drafter) in msg)
+        if not no_draft and about_drafter and "--no-draft" not in msg:
+            msg += " (pass --no-draft to run the target alone)"
+        fail(msg)
+    return pair
+
+
+def make_decoder(pair, sampling, use_drafter: bool, prompt_ids: list[int]):
+    """A Decoder whose greedy safety margin is measured now, so it does not count in TTFT."""
+    from .decoding import Decoder, calibrate_margin
+
+    drafter = pair.drafter if use_drafter else None
+    margin = None
+    if drafter is not None and sampling.greedy:
+        margin = calibrate_margin(pair.target, prompt_ids)
+    return Decoder(pair.target, drafter, sampling, greedy_margin=margin)
+
+
+def read_prompt(prompt: str | None) -> str:
+    """--prompt, then what is piped on stdin (not a terminal), joined by a blank line."""
+    piped = None
+    if not is_terminal(sys.stdin):
+        try:
+            piped = sys.stdin.read()
+        except (OSError, ValueError):
+            piped = None
+    parts = [p.strip("\n") for p in (prompt, piped) if p and p.strip()]
+    if not parts:
+        fail("empty prompt: pass --prompt TEXT or pipe text on stdin", 2)
+    return "\n\n".join(parts)
+
+
+# -- generate ----------------------------------------------------------------------------------
+GENERATE_EXAMPLES = (
+    "Examples:\n\n"
+    '  gemma-mtp generate --prompt "Write a limerick about MLX"\n\n'
+    '  cat notes.txt | gemma-mtp generate --prompt "Summarize:" > summary.md\n\n'
+    '  gemma-mtp generate -m out/e4b-4bit --prompt "2+2=" --raw --max-tokens 8 --json\n\n'
+    '  gemma-mtp generate --prompt "Hi" --temp 0.8 --top-p 0.95 --seed 1 --no-draft'
+)
+
+
+@app.command(epilog=GENERATE_EXAMPLES)
+def generate(
+    model: ModelOpt = DEFAULT_MODEL,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Prompt; piped stdin is appended.")
+    ] = None,
+    system: SystemOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    temp: TempOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    min_p: MinPOpt = 0.0,
+    seed: SeedOpt = None,
+    raw: Annotated[bool, typer.Option("--raw", help="No chat template: the prompt as is.")] = False,
+    no_draft: NoDraftOpt = False,
+    num_draft: NumDraftOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object (text, token ids, stats) on stdout.")
+    ] = False,
+    drafter: DrafterOpt = None,
+    dtype: DTypeOpt = None,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")
+    ] = None,
+) -> None:
+    """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
+    sampling = _sampling(temp, top_p, top_k, min_p, seed)
+    _check_draft_options(no_draft, num_draft, drafter)
+    if raw and system:
+        fail("--system needs the chat template (drop --raw)", 2)
+    text = read_prompt(prompt)
+    pair = load_model(model, drafter, no_draft, dtype)
+
+    from .generate import encode_prompt, stream_generate
+
+    ids = encode_prompt(pair.tokenizer, text, system=system, raw=raw)
+    if not ids:
+        fail("empty prompt: it encodes to no tokens", 2)
+    use_drafter = not no_draft
+    decoder = make_decoder(pair, sampling, use_drafter, ids)
+    stream = stream_generate(
+        pair,
+        ids,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        num_draft=num_draft,
+        use_drafter=use_drafter,
+        stop_strings=tuple(stop or ()),
+        decoder=decoder,
+    )
+    if json_out:
+        answer, token_ids, stats = "", [], None
+        for chunk in stream:
+            answer += chunk.text
+            token_ids += chunk.tokens
+            stats = chunk.stats
+        out = {"text": answer, "token_ids": token_ids, **stats.to_dict()}
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    view = PlainView()
+    stats = None
+    try:
+        for chunk in stream:
+            view.add(chunk)
+            stats = chunk.stats
+    except KeyboardInterrupt:
+        if view.text and not view.text.endswith("\n"):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
+    view.finish(stats, use_drafter)
+
+
+# -- chat --------------------------------------------------------------------------------------
+CHAT_HELP_TEXT = (
+    "commands: /reset (forget the conversation), /stats (last turn and session), "
+    "/system TEXT (set the system prompt), /quit (or Ctrl-D). "
+    'A line ending with \\ continues; """ starts and ends a multi-line block. '
+    "Ctrl-C stops an answer."
+)
+
+
+class Conversation:
+    """Messages plus the target's cache for them (a Session), kept across turns.
+
+    A turn feeds only what the cache lacks: the templated conversation minus the
+    tokens already in the session (token prefix, or, at a special-token
+    boundary, text prefix, so the model's own tokens for its answers stay).
+    When the history re-renders differently, the cache is rebuilt from scratch.
+    """
+
+    def __init__(self, pair, system: str | None = None):
+        from .decoding import Session
+
+        self._session_cls = Session
+        self.pair = pair
+        self.tok = pair.tokenizer
+        self.system = system
+        self.messages: list[dict] = []
+        self.session = None
+        self.ids: list[int] = []  # tokens in the session: the cache, then `pending`
+        self.dirty = False  # the cache may not match `ids` (an interrupted answer)
+        self.turns = 0
+        self.model_role = self._probe_model_role()
+        try:
+            added = self.tok.get_added_vocab()
+        except AttributeError:
+            added = {}
+        self.special_text = [t for t in added if t]
+        self.special_ids = set(added.values()) | set(pair.eos_ids)
+
+    # template helpers
+    def _render(self, messages: list[dict], generation_prompt: bool = True) -> str:
+        return self.tok.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=False
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _probe_model_role(self) -> str:
+        """'assistant' or 'model': whichever re-renders an answer after the generation prompt."""
+        user = [{"role": "user", "content": "x"}]
+        try:
+            prompt = self._render(user)
+        except Exception:
+            return "assistant"
+        for role in ("assistant", "model"):
+            try:
+                text = self._render(user + [{"role": role, "content": "y"}], False)
+            except Exception:
+                continue
+            if text.startswith(prompt + "y"):
+                return role
+        return "assistant"
+
+    def _all_messages(self, user_text: str | None = None) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        msgs += self.messages
+        if user_text is not None:
+            msgs.append({"role": "user", "content": user_text})
+        return msgs
+
+    @property
+    def cached(self) -> int:
+        """Tokens in the cache proper (the pending token is not)."""
+        if self.session is None:
+            return 0
+        return len(self.ids) - (self.session.pending is not None)
+
+    def reset(self) -> None:
+        self.session = self._session_cls(self.pair.target)
+        self.ids = []
+        self.dirty = False
+
+    def clear(self) -> None:
+        self.messages = []
+        self.turns = 0
+        self.session = None
+        self.ids = []
+        self.dirty = False
+
+    def plan(self, user_text: str) -> list[int]:
+        """The ids to feed for this turn; drops or rebuilds the cache when it cannot be reused."""
+        text = self._render(self._all_messages(user_text))
+        full = self._encode(text)
+        if self.session is None or self.dirty:
+            self.reset()
+            return full
+        S = self.ids
+        # Keep the pending token when it re-renders, else drop it (it is not in the cache).
+        for keep in (len(S), len(S) - 1):
+            if keep > 0 and len(full) > keep and full[:keep] == S[:keep]:
+                self._keep(keep)
+                return full[keep:]
+        for keep in (len(S), len(S) - 1):
+            if keep <= 0:
+                continue
+            prefix = self._decode(S[:keep])
+            rest = text[len(prefix) :]
+            clean = S[keep - 1] in self.special_ids or any(
+                rest.startswith(t) for t in self.special_text
+            )
+            if rest and clean and text.startswith(prefix):
+                self._keep(keep)
+                return self._encode(rest)
+        self.reset()
+        return full
+
+    def _keep(self, keep: int) -> None:
+        if keep < len(self.ids):
+            self.session.pending = None
+            self.ids = self.ids[:keep]
+
+    def record(self, user_text: str, fed: list[int], answer: list[int], interrupted: bool):
+        self.ids = self.ids + fed + answer
+        body = [t for t in answer]
+        while body and body[-1] in self.pair.eos_ids:
+            body.pop()
+        self.messages.append({"role": "user", "content": user_text})
+        self.messages.append({"role": self.model_role, "content": self._decode(body)})
+        self.turns += 1
+        if interrupted:
+            self.dirty = True
+
+
+def _read_message(interactive: bool, console) -> str | None:
+    """One user message (None at end of input): `\\` continues a line, \"\"\" opens a block."""
+
+    def line(prompt: str) -> str | None:
+        if interactive:
+            try:
+                return console.input(prompt)
+            except EOFError:
+                return None
+        got = sys.stdin.readline()
+        return got.rstrip("\n").rstrip("\r") if got else None
+
+    first = line("[bold green]>>> [/]")
+    if first is None:
+        return None
+    if first.strip() == '"""':
+        lines = []
+        while (nxt := line("[dim]... [/]")) is not None and nxt.strip() != '"""':
+            lines.append(nxt)
+        return "\n".join(lines)
+    lines = [first]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        nxt = line("[dim]... [/]")
+        if nxt is None:
+            break
+        lines.append(nxt)
+    return "\n".join(lines)
+
+
+CHAT_EXAMPLES = (
+    "Examples:\n\n"
+    "  gemma-mtp chat                         [dim]# first run downloads + converts E4B[/]\n\n"
+    '  gemma-mtp chat -m out/e4b-4bit --system "Answer briefly." --temp 0.7\n\n'
+    '  printf "Hi\\n/stats\\n/quit\\n" | gemma-mtp chat -m out/e4b-4bit\n\n'
+    "In the chat: /reset, /stats, /system TEXT, /quit (Ctrl-D); a line ending with \\ "
+    'continues, """ opens a multi-line block; Ctrl-C stops an answer.'
+)
+
+
+@app.command(epilog=CHAT_EXAMPLES)
+def chat(
+    model: ModelOpt = DEFAULT_MODEL,
+    system: SystemOpt = None,
+    max_tokens: MaxTokensOpt = 1024,
+    temp: TempOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    min_p: MinPOpt = 0.0,
+    seed: SeedOpt = None,
+    no_draft: NoDraftOpt = False,
+    num_draft: NumDraftOpt = None,
+    drafter: DrafterOpt = None,
+    dtype: DTypeOpt = None,
+) -> None:
+    """Talk with the model; its cache is kept, so a turn prefills only the new message."""
+    from rich.console import Console
+
+    sampling = _sampling(temp, top_p, top_k, min_p, seed)
+    _check_draft_options(no_draft, num_draft, drafter)
+    pair = load_model(model, drafter, no_draft, dtype)
+    if getattr(pair.tokenizer, "chat_template", None) is None:
+        fail("this model has no chat template (use `gemma-mtp generate --raw`)")
+
+    from .generate import stream_generate
+
+    use_drafter = not no_draft
+    interactive = is_terminal(sys.stdin)
+    tty_out = is_terminal(sys.stdout)
+    console = Console(highlight=False)
+    # Replies to commands: with the answers on a terminal, else on stderr (stdout = answers).
+    note = console if tty_out else Console(stderr=True, highlight=False, soft_wrap=True)
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    convo = Conversation(pair, system)
+    decoder = None
+    last = None  # (stats, cached) of the last turn
+    mode = "off" if not use_drafter else (f"K={num_draft}" if num_draft else "adaptive")
+    if tty_out:
+        console.print(
+            f"[bold]gemma-mtp chat[/] · {pair.path} · drafter {mode} · "
+            "/help for commands, Ctrl-D to exit",
+            style="dim",
+        )
+
+    while True:
+        try:
+            message = _read_message(interactive, console)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line
+            console.print()
+            continue
+        if message is None:
+            if interactive:
+                console.print()
+            return
+        if not message.strip():
+            continue
+        command, _, arg = message.strip().partition(" ")
+        if command.startswith("/") and "\n" not in message.strip():
+            if command in ("/quit", "/exit", "/q"):
+                return
+            if command == "/reset":
+                convo.clear()
+                last = None
+                note.print("[dim]conversation reset[/]")
+            elif command == "/system":
+                convo.system = arg.strip() or None
+                note.print(
+                    f"[dim]system prompt {'set' if convo.system else 'cleared'} "
+                    "(applies from the next turn)[/]"
+                )
+            elif command == "/stats":
+                if last is None:
+                    note.print("[dim]no turn yet[/]")
+                else:
+                    stats, cached = last
+                    if tty_out:
+                        note.print(status_panel(stats, use_drafter, title="last turn"))
+                    else:
+                        note.print(stats_line(stats, use_drafter, cached=cached), markup=False)
+                note.print(
+                    f"[dim]session: {convo.turns} turns, {len(convo.ids)} tokens in context[/]"
+                )
+            elif command in ("/help", "/?"):
+                note.print(CHAT_HELP_TEXT, markup=False)
+            else:
+                note.print(f"unknown command {command} (try /help)", markup=False)
+            continue
+
+        fed = convo.plan(message)
+        cached = convo.cached
+        if decoder is None:
+            decoder = make_decoder(pair, sampling, use_drafter, fed)
+        view = make_view(use_drafter, title=f"turn {convo.turns + 1}")
+        answer: list[int] = []
+        stats = None
+        interrupted = False
+        with view:
+            try:
+                for chunk in stream_generate(
+                    pair,
+                    fed,
+                    max_tokens=max_tokens,
+                    num_draft=num_draft,
+                    use_drafter=use_drafter,
+                    session=convo.session,
+                    decoder=decoder,
+                ):
+                    answer += chunk.tokens
+                    stats = chunk.stats
+                    view.add(chunk)
+            except KeyboardInterrupt:
+                interrupted = True
+            view.finish(
+                stats, use_drafter, interrupted=interrupted, turn=convo.turns + 1, cached=cached
+            )
+        if interrupted and stats is None:
+            note.print("[dim](stopped before the first token)[/]")
+        convo.record(message, fed, answer, interrupted)
+        if stats is not None:
+            last = (stats, cached)
+
+
+# -- bench -------------------------------------------------------------------------------------
+def _load_prompts(path: Path | None) -> list[str]:
+    if path is None:
+        return list(BENCH_PROMPTS)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        fail(f"{path}: {e.strerror or e}", 2)
+    prompts = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            item = line
+        if isinstance(item, dict):
+            item = item.get("prompt", "")
+        if isinstance(item, str) and item.strip():
+            prompts.append(item)
+        elif not isinstance(item, str):
+            prompts.append(line)
+    if not prompts:
+        fail(f"{path}: no prompts (one per line, or JSON lines with a 'prompt' key)", 2)
+    return prompts
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    same = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    return next(same, min(len(a), len(b)))
+
+
+BENCH_EXAMPLES = (
+    "Examples:\n\n"
+    "  gemma-mtp bench                                   [dim]# built-in prompts, E4B 4-bit[/]\n\n"
+    "  gemma-mtp bench -m out/e4b-4bit --runs 3 --num-draft 2 --num-draft 4\n\n"
+    "  gemma-mtp bench -m out/e4b-4bit --prompts prompts.txt --max-tokens 512 --json"
+)
+
+
+@app.command(epilog=BENCH_EXAMPLES)
+def bench(
+    model: ModelOpt = DEFAULT_MODEL,
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="One prompt per line (or JSON lines with 'prompt')."),
+    ] = None,
+    max_tokens: MaxTokensOpt = 256,
+    runs: Annotated[
+        int, typer.Option("--runs", "-r", min=1, help="Runs per prompt (medians).")
+    ] = 3,
+    num_draft: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--num-draft",
+            "-k",
+            help="Also a row with this fixed draft length (repeatable).",
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
+    drafter: DrafterOpt = None,
+    dtype: DTypeOpt = None,
+) -> None:
+    """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
+    for k in num_draft or ():
+        _check_draft_options(False, k, None)
+    texts = _load_prompts(prompts)
+    pair = load_model(model, drafter, False, dtype)
+
+    import mlx.core as mx
+
+    from .generate import encode_prompt, generate
+    from .sampling import SamplingParams
+
+    greedy = SamplingParams()
+    modes = [("plain", False, None), ("mtp", True, None)]
+    modes += [(f"mtp k={k}", True, k) for k in dict.fromkeys(num_draft or ())]
+    prompt_ids = [encode_prompt(pair.tokenizer, t) for t in texts]
+    decoders = {name: make_decoder(pair, greedy, use, prompt_ids[0]) for name, use, _ in modes}
+    for name, use, k in modes:  # warm up: compile kernels, allocate
+        generate(
+            pair,
+            prompt_ids[0],
+            max_tokens=min(8, max_tokens),
+            num_draft=k,
+            use_drafter=use,
+            decoder=decoders[name],
+        )
+
+    rows, mismatches = [], []
+    for p, ids in enumerate(prompt_ids, 1):
+        reference = None
+        base_speed = None
+        for name, use, k in modes:
+            results = []
+            for _ in range(runs):
+                if hasattr(mx, "reset_peak_memory"):
+                    mx.reset_peak_memory()
+                res = generate(
+                    pair,
+                    ids,
+                    max_tokens=max_tokens,
+                    num_draft=k,
+                    use_drafter=use,
+                    decoder=decoders[name],
+                )
+                results.append((res, res.stats.to_dict()))
+                if reference is None:
+                    reference = res.token_ids
+                elif res.token_ids != reference:
+                    at = _first_difference(reference, res.token_ids)
+                    mismatches.append({"prompt": p, "mode": name, "first_difference": at})
+
+            def med(key, results=results):
+                return statistics.median(d[key] for _, d in results)
+
+            speed = med("tokens_per_s")
+            if base_speed is None:
+                base_speed = speed
+            rows.append(
+                {
+                    "prompt": p,
+                    "mode": name,
+                    "tokens": results[0][1]["generated_tokens"],
+                    "tokens_per_s": round(speed, 2),
+                    "speedup": round(speed / base_speed, 3) if base_speed else 0.0,
+                    "acceptance_rate": round(med("acceptance_rate"), 4),
+                    "mean_accepted_per_round": round(med("mean_accepted_per_round"), 3),
+                    "ttft_s": round(med("ttft_s"), 4),
+                    "peak_memory_gb": round(max(d["peak_memory_gb"] for _, d in results), 3),
+                    "identical": all(r.token_ids == reference for r, _ in results),
+                }
+            )
+
+    if json_out:
+        out = {
+            "model": str(pair.path),
+            "max_tokens": max_tokens,
+            "runs": runs,
+            "prompts": texts,
+            "identical": not mismatches,
+            "mismatches": mismatches,
+            "rows": rows,
+        }
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        _bench_table(rows, texts, str(pair.path), runs)
+    if mismatches:
+        for m in mismatches:
+            _say(
+                f"error: MISMATCH on prompt {m['prompt']}: {m['mode']} differs from plain "
+                f"decoding at token {m['first_difference']}"
+            )
+        fail(f"{len(mismatches)} run(s) did not reproduce plain greedy decoding")
+
+
+def _bench_table(rows: list[dict], texts: list[str], model: str, runs: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"gemma-mtp bench · {model} · greedy · medians of {runs} run(s)",
+        title_justify="left",
+    )
+    for col in (
+        "prompt",
+        "mode",
+        "tokens",
+        "tok/s",
+        "speedup",
+        "acceptance",
+        "acc/round",
+        "TTFT s",
+        "peak GB",
+        "same output",
+    ):
+        table.add_column(col, justify="left" if col in ("prompt", "mode") else "right")
+    last_prompt = None
+    for r in rows:
+        label = ""
+        if r["prompt"] != last_prompt:
+            text = texts[r["prompt"] - 1].replace("\n", " ")
+            label = f"{r['prompt']}. {text[:28]}{'…' if len(text) > 28 else ''}"
+            if last_prompt is not None:
+                table.add_section()
+            last_prompt = r["prompt"]
+        plain = r["mode"] == "plain"
+        table.add_row(
+            label,
+            r["mode"],
+            str(r["tokens"]),
+            f"{r['tokens_per_s']:.1f}",
+            "1.00x" if plain else f"{r['speedup']:.2f}x",
+            "" if plain else f"{100 * r['acceptance_rate']:.0f}%",
+            "" if plain else f"{r['mean_accepted_per_round']:.2f}",
+            f"{r['ttft_s']:.3f}",
+            f"{r['peak_memory_gb']:.2f}",
+            "yes" if r["identical"] else "[bold red]NO[/]",
+        )
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 132)
+    console.print(table)
+
+
+# -- convert -----------------------------------------------------------------------------------
+class Bits(str, Enum):
+    four = "4"
+    eight = "8"
+
+
+class GroupSize(str, Enum):
+    g32 = "32"
+    g64 = "64"
+    g128 = "128"
+
+
+class DrafterBits(str, Enum):
+    same = "same"
+    four = "4"
+    eight = "8"
+    none = "none"
+
+
+CONVERT_EXAMPLES = (
+    "Examples:\n\n"
+    "  gemma-mtp convert --target google/gemma-4-E4B-it -o out/e4b-4bit --bits 4\n\n"
+    "  gemma-mtp convert --target ~/hf/gemma-4-31B-it --drafter ~/hf/gemma-4-31B-it-assistant "
+    "-o out/31b-8bit --bits 8 --drafter-bits none\n\n"
+    "  gemma-mtp convert --target google/gemma-4-E2B-it -o out/e2b-bf16"
+)
+
+
+@app.command(epilog=CONVERT_EXAMPLES)
+def convert(
+    target: Annotated[
+        str, typer.Option("--target", help="Target: a hub repo id or a local folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (target/ + drafter/).")],
+    drafter: Annotated[
+        str | None,
+        typer.Option("--drafter", help="Drafter: hub repo id or folder (default: the target's)."),
+    ] = None,
+    bits: Annotated[
+        Bits | None, typer.Option("--bits", help="Quantize the target (default: keep dtype).")
+    ] = None,
+    group_size: Annotated[
+        GroupSize, typer.Option("--group-size", help="Quantization group size.")
+    ] = GroupSize.g64,
+    dtype: Annotated[
+        DType, typer.Option("--dtype", help="Dtype of the unquantized weights.")
+    ] = DType.bfloat16,
+    drafter_bits: Annotated[
+        DrafterBits,
+        typer.Option("--drafter-bits", help="Quantize the drafter: same as --bits, 4, 8 or none."),
+    ] = DrafterBits.same,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT.")] = False,
+) -> None:
+    """Convert a Gemma 4 target and its MTP drafter into one MLX folder (optionally quantized)."""
+    try:
+        from .convert import convert_pair
+    except ImportError:
+        fail("the converter (gemma_mtp_mlx.convert) is not installed in this build")
+    from .loading import ModelLoadError
+
+    dbits: int | str | None = {
+        DrafterBits.same: "same",
+        DrafterBits.none: None,
+        DrafterBits.four: 4,
+        DrafterBits.eight: 8,
+    }[drafter_bits]
+    try:
+        path = convert_pair(
+            target,
+            drafter,
+            out,
+            bits=int(bits.value) if bits else None,
+            group_size=int(group_size.value),
+            dtype=dtype.value,
+            drafter_bits=dbits,
+            force=force,
+            progress=is_terminal(sys.stderr),
+        )
+    except (ModelLoadError, ValueError, OSError) as e:  # ConvertError is a ValueError
+        fail(_first_line(e))
+    sys.stdout.write(f"{path}\n")
+    if is_terminal(sys.stdout):
+        _say(f"try it: gemma-mtp chat -m {path}")
+
+
+def main() -> None:  # `python -m gemma_mtp_mlx`
+    app(prog_name="gemma-mtp")

@@ -1,0 +1,450 @@
+"""The `gemma-mtp` command on the tiny fixtures (CPU, float32, greedy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gemma_mtp_mlx import cli
+from gemma_mtp_mlx.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+E2B = FIXTURES / "e2b_tiny"
+DENSE = FIXTURES / "dense31b_tiny"
+TARGET_ONLY = FIXTURES / "moe26b_tiny"
+FAST = ["--dtype", "float32", "--max-tokens", "8"]
+JSON_KEYS = {
+    "text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "tokens_per_s",
+    "prefill_tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_per_round",
+    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb",
+}  # fmt: skip
+TURN = re.compile(r"turn (\d+) · (\d+) tokens · .*?prefill (\d+) tok \(cached (\d+)\)")
+
+runner = CliRunner()
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def no_traceback(result):
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
+
+
+def one_error_line(result, code):
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    no_traceback(result)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def e2b():
+    from gemma_mtp_mlx.loading import load_pair
+
+    pair = load_pair(E2B, dtype="float32")
+    if not hasattr(pair, "eos_ids"):
+        pair.eos_ids = pair.eos_token_ids
+    return pair
+
+
+def subprocess_cli(*args):
+    return [sys.executable, "-m", "gemma_mtp_mlx", *[str(a) for a in args]]
+
+
+# -- help ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [[], ["generate"], ["chat"], ["bench"], ["convert"]])
+def test_help_shows_examples(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Examples" in result.stdout and "gemma-mtp" in result.stdout
+
+
+def test_no_arguments_prints_help():
+    result = run()
+    assert result.exit_code == 0
+    assert "generate" in result.stdout and "chat" in result.stdout
+
+
+# -- generate -----------------------------------------------------------------------------------
+def test_generate_streams_text_and_stats_line(e2b):
+    from gemma_mtp_mlx.generate import encode_prompt, generate
+
+    result = run("generate", "-m", E2B, "--prompt", "Hello there", *FAST)
+    assert result.exit_code == 0, result.stderr
+    expected = generate(e2b, encode_prompt(e2b.tokenizer, "Hello there"), max_tokens=8)
+    assert result.stdout == expected.text + "\n"
+    (line,) = result.stderr.strip().splitlines()
+    for word in ("8 tokens", "tok/s", "prefill", "TTFT", "acceptance", "draft rounds", "peak"):
+        assert word in line
+    assert "\x1b" not in result.stdout + result.stderr  # not a terminal: no ANSI
+
+
+def test_stdin_is_appended_to_the_prompt(e2b):
+    from gemma_mtp_mlx.generate import encode_prompt
+
+    result = run(
+        "generate", "-m", E2B, "--prompt", "Summarize:", "--json", *FAST, input="my notes\n"
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    ids = encode_prompt(e2b.tokenizer, "Summarize:\n\nmy notes")
+    assert data["prompt_tokens"] == len(ids)
+
+    alone = json.loads(run("generate", "-m", E2B, "--json", *FAST, input="my notes").stdout)
+    assert alone["prompt_tokens"] == len(encode_prompt(e2b.tokenizer, "my notes"))
+
+
+@pytest.mark.parametrize("fixture", [E2B, DENSE], ids=["e2b", "dense31b"])
+def test_json_keys_and_drafting_changes_nothing(fixture):
+    base = ["generate", "-m", fixture, "--prompt", "Tell me a story", "--json", "--dtype"]
+    base += ["float32", "--max-tokens", "24"]
+    drafted = json.loads(run(*base).stdout)
+    plain = json.loads(run(*base, "--no-draft").stdout)
+    fixed = json.loads(run(*base, "--num-draft", "3").stdout)
+    assert JSON_KEYS <= drafted.keys()
+    assert drafted["generated_tokens"] == len(drafted["token_ids"]) == 24
+    assert drafted["token_ids"] == plain["token_ids"] == fixed["token_ids"]
+    assert drafted["text"] == plain["text"]
+    assert drafted["draft_rounds"] > 0 and plain["draft_rounds"] == 0
+    assert drafted["draft_rounds"] == len(drafted["draft_lengths"])
+    assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
+
+
+def test_raw_and_stop():
+    result = run("generate", "-m", E2B, "--prompt", "abc", "--raw", "--json", *FAST)
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0 and data["generated_tokens"] == 8
+    stop = data["text"][2:4]
+    if stop.strip():
+        cut = json.loads(
+            run(
+                "generate", "-m", E2B, "--prompt", "abc", "--raw", "--json", *FAST, "--stop", stop
+            ).stdout
+        )
+        assert cut["finish_reason"] == "stop" and stop not in cut["text"]
+
+
+def test_low_acceptance_is_reported():
+    # The fixtures' random drafter almost never agrees with the target.
+    result = run("generate", "-m", E2B, "--prompt", "hi", "--dtype", "float32", "-n", "24")
+    assert "acceptance collapsed" in result.stderr and "--no-draft" in result.stderr
+
+
+# -- errors -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt", ["", "   \n  "])
+def test_empty_prompt(prompt):
+    line = one_error_line(run("generate", "-m", E2B, "--prompt", prompt, input=""), 2)
+    assert "empty prompt" in line
+
+
+def test_missing_model_points_to_convert(tmp_path):
+    line = one_error_line(run("generate", "-m", tmp_path / "nope", "--prompt", "hi"), 1)
+    assert "gemma-mtp convert" in line
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--temp", "-1"],
+        ["--top-p", "0"],
+        ["--top-p", "1.5"],
+        ["--min-p", "1"],
+        ["--top-k", "-2"],
+        ["--temp", "warm"],
+        ["--max-tokens", "0"],
+        ["--num-draft", "0"],
+        ["--num-draft", "99"],
+        ["--num-draft", "2", "--no-draft"],
+        ["--dtype", "float8"],
+        ["--bogus"],
+    ],
+)
+def test_bad_options(options):
+    one_error_line(run("generate", "-m", E2B, "--prompt", "hi", *options), 2)
+
+
+def test_unknown_command():
+    one_error_line(run("frobnicate"), 2)
+
+
+def test_missing_drafter_suggests_no_draft():
+    line = one_error_line(run("generate", "-m", TARGET_ONLY, "--prompt", "hi"), 1)
+    assert "--no-draft" in line
+    ok = run("generate", "-m", TARGET_ONLY, "--prompt", "hi", "--no-draft", *FAST)
+    assert ok.exit_code == 0 and "drafter off" in ok.stderr
+
+
+@pytest.fixture
+def mismatched_drafter(tmp_path):
+    """The e2b drafter, relabelled as one for a target with another hidden size."""
+    folder = tmp_path / "drafter"
+    shutil.copytree(E2B / "drafter", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone_hidden_size"] = 2 * config["backbone_hidden_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_mismatched_drafter_fails_loudly(mismatched_drafter):
+    args = ["generate", "-m", E2B, "--prompt", "hi", "--drafter", mismatched_drafter]
+    line = one_error_line(run(*args), 1)
+    assert "--no-draft" in line
+
+
+def test_not_a_drafter_fails_loudly():
+    args = ["generate", "-m", E2B, "--drafter", E2B / "target", "--prompt", "hi"]
+    line = one_error_line(run(*args), 1)
+    assert "not a Gemma 4 drafter" in line and "--no-draft" in line
+
+
+def test_hub_id_goes_through_resolve_model(monkeypatch):
+    calls = []
+
+    def resolve_model(spec, bits=4, cache_dir=None, progress=True):
+        calls.append((spec, bits))
+        return E2B
+
+    fake = types.ModuleType("gemma_mtp_mlx.convert")
+    fake.resolve_model = resolve_model
+    monkeypatch.setitem(sys.modules, "gemma_mtp_mlx.convert", fake)
+    result = run("generate", "--prompt", "hi", *FAST)  # the default model
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("google/gemma-4-E4B-it", 4)]
+
+    def broken(spec, **kw):
+        raise ValueError("repository not found")
+
+    fake.resolve_model = broken
+    line = one_error_line(run("generate", "-m", "someone/nothing", "--prompt", "hi"), 1)
+    assert "repository not found" in line and "gemma-mtp convert" in line
+
+
+def test_hub_id_without_converter(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gemma_mtp_mlx.convert", None)  # import fails
+    line = one_error_line(run("generate", "-m", "google/gemma-4-E4B-it", "--prompt", "hi"), 1)
+    assert "gemma-mtp convert" in line
+
+
+# -- pipes and signals (real processes) ------------------------------------------------------------
+def test_closed_pipe_exits_quietly():
+    cmd = " ".join(
+        subprocess_cli("generate", "-m", E2B, "--prompt", "hi", "--dtype", "float32", "-n", "400")
+    )
+    shell = f"set -o pipefail; {cmd} < /dev/null | head -c 5"
+    proc = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode in (0, 141), err  # 141: killed by SIGPIPE, like `cat`
+    assert len(proc.stdout) == 5
+    assert "Traceback" not in err and "error" not in err.lower()
+
+
+def test_piped_stdin_in_a_real_process():
+    cmd = subprocess_cli("generate", "-m", E2B, "--prompt", "Summarize:", "--json", *FAST)
+    proc = subprocess.run(cmd, input="notes", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["generated_tokens"] == 8
+
+
+def test_ctrl_c_prints_interrupted():
+    cmd = subprocess_cli("generate", "-m", E2B, "--prompt", "hi", *FAST[:2], "-n", "5000")
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        os.set_blocking(proc.stdout.fileno(), True)
+        assert proc.stdout.read(1)  # generating
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.decode().strip().splitlines()[-1] == "interrupted"
+    assert b"Traceback" not in err
+
+
+# -- bench --------------------------------------------------------------------------------------
+def test_bench_outputs_identical(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello there\n\n" + json.dumps({"prompt": "Tell me a story"}) + "\n")
+    args = ["bench", "-m", E2B, "--prompts", prompts, "--runs", "1", *FAST, "--num-draft", "2"]
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["identical"] and not data["mismatches"]
+    assert [(r["prompt"], r["mode"]) for r in data["rows"]] == [
+        (p, m) for p in (1, 2) for m in ("plain", "mtp", "mtp k=2")
+    ]
+    assert all(r["identical"] and r["tokens"] == 8 for r in data["rows"])
+
+    table = run(*args)
+    assert table.exit_code == 0
+    assert "same output" in table.stdout and "NO" not in table.stdout
+
+
+def test_bench_reports_a_mismatch_loudly(monkeypatch):
+    import gemma_mtp_mlx.generate as gen
+
+    real = gen.generate
+
+    def corrupted(pair, ids, **kw):
+        res = real(pair, ids, **kw)
+        if kw.get("use_drafter") and kw.get("max_tokens", 0) > 4:
+            res.token_ids = res.token_ids[:3] + [7] + res.token_ids[4:]
+        return res
+
+    monkeypatch.setattr(gen, "generate", corrupted)
+    result = run("bench", "-m", E2B, "--runs", "1", "--max-tokens", "6", "--dtype", "float32")
+    assert result.exit_code == 1
+    assert "MISMATCH" in result.stderr and "at token 3" in result.stderr
+    no_traceback(result)
+
+
+# -- chat ---------------------------------------------------------------------------------------
+def turns(stderr: str) -> list[tuple[int, int, int, int]]:
+    """(turn, generated, prefill, cached) of each stats line."""
+    return [tuple(map(int, m.groups())) for m in TURN.finditer(stderr)]
+
+
+def test_chat_keeps_the_cache_between_turns(e2b):
+    from gemma_mtp_mlx.generate import encode_prompt
+
+    script = "Hello there\nWhat next?\n/stats\n/reset\nagain\n/quit\nnever sent\n"
+    result = run("chat", "-m", E2B, *FAST, input=script)
+    assert result.exit_code == 0, result.stderr
+    no_traceback(result)
+    (t1, n1, p1, c1), (t2, n2, p2, c2), (t3, n3, p3, c3) = turns(result.stderr)
+    assert (t1, t2, t3) == (1, 2, 1)  # /reset starts over
+    assert c1 == 0 and p1 == len(encode_prompt(e2b.tokenizer, "Hello there"))
+    # Turn 2 reuses all of turn 1 and prefills the last answer token plus the new message.
+    assert c2 == p1 + n1 - 1
+    # the fixture template: <turn|>\n closing the answer, then the user turn, then model\n
+    assert p2 == 1 + 2 + len(encode_prompt(e2b.tokenizer, "What next?")) - 1
+    assert c3 == 0 and p3 == len(encode_prompt(e2b.tokenizer, "again"))
+    assert "session: 2 turns" in result.stderr and "conversation reset" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+    # The first answer is what `generate` gives; drafting changes no answer.
+    first = run("generate", "-m", E2B, "--prompt", "Hello there", *FAST).stdout
+    assert result.stdout.startswith(first)
+    plain = run("chat", "-m", E2B, *FAST, "--no-draft", input=script)
+    assert plain.stdout == result.stdout
+
+
+def test_chat_multiline_system_and_unknown_command():
+    script = '"""\nfirst line\nsecond line\n"""\ncontin\\\nued\n/system Be brief.\nok\n/nope\n'
+    result = run("chat", "-m", E2B, *FAST, input=script)
+    assert result.exit_code == 0, result.stderr
+    (t1, _, p1, _), (t2, _, _, c2), (t3, _, _, c3) = turns(result.stderr)
+    assert (t1, t2, t3) == (1, 2, 3) and c2 > 0
+    assert c3 == 0  # a new system prompt changes the start: the cache is rebuilt
+    assert "unknown command /nope" in result.stderr
+
+
+def test_reused_cache_gives_the_same_answer_as_a_fresh_prefill(e2b):
+    """Turn 2 on the kept cache == plain decoding of the same tokens from scratch."""
+    from gemma_mtp_mlx.generate import generate, stream_generate
+
+    convo = cli.Conversation(e2b)
+    for i, message in enumerate(["Hello there", "What next?"]):
+        fed = convo.plan(message)
+        before = list(convo.ids)
+        answer = []
+        for chunk in stream_generate(e2b, fed, max_tokens=10, session=convo.session):
+            answer += chunk.tokens
+        convo.record(message, fed, answer, interrupted=False)
+        if i == 1:
+            fresh = generate(e2b, before + fed, max_tokens=10, use_drafter=False)
+            assert fresh.token_ids == answer
+            assert len(fed) < len(before)
+
+
+def test_an_interrupted_turn_rebuilds_the_cache(e2b):
+    convo = cli.Conversation(e2b)
+    fed = convo.plan("Hello there")
+    convo.record("Hello there", fed, [300, 301], interrupted=True)
+    again = convo.plan("next")
+    assert convo.cached == 0 and again[: len(fed)] == fed  # everything fed again
+    assert convo.messages[1]["content"] == e2b.tokenizer.decode([300, 301])
+
+
+def test_chat_model_role_matches_the_template(e2b):
+    # The fixture template writes roles verbatim and prompts with "model".
+    assert cli.Conversation(e2b).model_role == "model"
+
+
+# -- convert ------------------------------------------------------------------------------------
+def test_convert_calls_convert_pair(monkeypatch, tmp_path):
+    calls = []
+
+    class ConvertError(ValueError):
+        pass
+
+    def convert_pair(target, drafter, out, **kw):
+        calls.append((target, drafter, out, kw))
+        if target == "bad":
+            raise ConvertError("bad: not a Gemma 4 checkpoint")
+        return Path(out)
+
+    fake = types.ModuleType("gemma_mtp_mlx.convert")
+    fake.convert_pair, fake.ConvertError = convert_pair, ConvertError
+    monkeypatch.setitem(sys.modules, "gemma_mtp_mlx.convert", fake)
+    out = tmp_path / "out"
+    result = run(
+        "convert", "--target", "google/gemma-4-E2B-it", "-o", out, "--bits", "8",
+        "--group-size", "32", "--drafter-bits", "none", "--force",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    target, drafter, path, kw = calls[0]
+    assert (target, drafter, path) == ("google/gemma-4-E2B-it", None, out)
+    assert kw["bits"] == 8 and kw["group_size"] == 32 and kw["drafter_bits"] is None
+    assert kw["dtype"] == "bfloat16" and kw["force"] is True
+
+    run("convert", "--target", "t", "--drafter", "d", "-o", out)
+    assert calls[1][1] == "d" and calls[1][3]["bits"] is None
+    assert calls[1][3]["drafter_bits"] == "same"
+
+    line = one_error_line(run("convert", "--target", "bad", "-o", out), 1)
+    assert "not a Gemma 4 checkpoint" in line
+    one_error_line(run("convert", "--target", "t", "-o", out, "--bits", "3"), 2)
+
+
+def test_convert_without_the_converter(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "gemma_mtp_mlx.convert", None)
+    one_error_line(run("convert", "--target", "t", "-o", tmp_path / "o"), 1)
+
+
+def test_python_dash_m_entry_point():
+    start = time.perf_counter()
+    proc = subprocess.run(subprocess_cli("--help"), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Examples" in proc.stdout
+    assert time.perf_counter() - start < 20
+
+
+def test_convert_then_generate_with_the_real_converter(tmp_path):
+    pytest.importorskip("gemma_mtp_mlx.convert")
+    out = tmp_path / "pair"
+    args = ["--target", E2B / "target", "--drafter", E2B / "drafter", "-o", out]
+    result = run("convert", *args, "--dtype", "float32")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    gen = ["generate", "-m", out, "--prompt", "hi", "--json", "-n", "12"]
+    drafted, plain = json.loads(run(*gen).stdout), json.loads(run(*gen, "--no-draft").stdout)
+    assert drafted["token_ids"] == plain["token_ids"] and drafted["draft_rounds"] > 0
+    again = run("convert", *args)
+    assert again.exit_code == 1 and "--force" in again.stderr
