@@ -8,6 +8,11 @@ install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
+	@# tmux drives the real-terminal chat test; best effort (the test says why it skips).
+	@command -v tmux >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -qq tmux >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null 2>&1))) || \
+		echo "note: tmux not installed; the real-terminal chat test will be skipped"
 
 test:
 	$(BIN)/python -m pytest tests

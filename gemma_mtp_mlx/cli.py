@@ -12,43 +12,23 @@ import json
 import os
 import re
 import signal
-import statistics
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
+from .benchmark import bench_table, load_prompts, run_bench
+from .chat import CHAT_HELP_TEXT, Conversation, read_message
+from .errors import CliError, fail, say
 from .live import PlainView, is_terminal, make_view, stats_line, status_panel
 
 DEFAULT_MODEL = "google/gemma-4-E4B-it"
 DEFAULT_BITS = 4
 MAX_DRAFT = 16  # decoding.MAX_DRAFT, repeated here to keep --help free of MLX
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-BENCH_PROMPTS = (
-    "Explain how a hash map works, with a short Python example.",
-    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
-    "List the planets of the solar system with one fact about each.",
-)
-
-
-class CliError(Exception):
-    """A failure the user can fix: shown as one `error:` line, exit `code`."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    raise CliError(message, code)
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 def _first_line(e: BaseException) -> str:
@@ -67,12 +47,12 @@ class _Group(TyperGroup):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
             if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-                _say("interrupted")
+                say("interrupted")
         except CliError as e:
-            _say(f"error: {e}")
+            say(f"error: {e}")
             code = e.code
         except KeyboardInterrupt:
-            _say("interrupted")
+            say("interrupted")
             code = 130
         except Exception as e:
             code = _click_failure(e)
@@ -90,18 +70,18 @@ def _click_failure(e: Exception) -> int:
         return 0
     if "UsageError" in kinds:
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        _say(f"error: {e.format_message()}{hint}")
+        say(f"error: {e.format_message()}{hint}")
         return getattr(e, "exit_code", 2)
     if "ClickException" in kinds:
-        _say(f"error: {e.format_message()}")
+        say(f"error: {e.format_message()}")
         return getattr(e, "exit_code", 1)
     if "Abort" in kinds:
-        _say("interrupted")
+        say("interrupted")
         return 130
     if os.environ.get("GEMMA_MTP_DEBUG"):
         raise e
     name, line = type(e).__name__, _first_line(e)
-    _say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
+    say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
     return 1
 
 
@@ -222,7 +202,7 @@ def resolve_model_path(spec: str) -> Path:
 
 def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | None):
     """The model pair, or one line saying what is wrong (never a silent fallback)."""
-    from .loading import ModelLoadError, load_pair
+    from .loading import DrafterLoadError, ModelLoadError, load_pair
 
     path = resolve_model_path(spec)
     try:
@@ -234,8 +214,7 @@ def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | N
         )
     except ModelLoadError as e:
         msg = _first_line(e)
-        about_drafter = "drafter" in msg.lower() or (drafter is not None and str(drafter) in msg)
-        if not no_draft and about_drafter and "--no-draft" not in msg:
+        if isinstance(e, DrafterLoadError) and "--no-draft" not in msg:
             msg += " (pass --no-draft to run the target alone)"
         fail(msg)
     return pair
@@ -351,171 +330,6 @@ def generate(
 
 
 # -- chat --------------------------------------------------------------------------------------
-CHAT_HELP_TEXT = (
-    "commands: /reset (forget the conversation), /stats (last turn and session), "
-    "/system TEXT (set the system prompt), /quit (or Ctrl-D). "
-    'A line ending with \\ continues; """ starts and ends a multi-line block. '
-    "Ctrl-C stops an answer."
-)
-
-
-class Conversation:
-    """Messages plus the target's cache for them (a Session), kept across turns.
-
-    A turn feeds only what the cache lacks: the templated conversation minus the
-    tokens already in the session (token prefix, or, at a special-token
-    boundary, text prefix, so the model's own tokens for its answers stay).
-    When the history re-renders differently, the cache is rebuilt from scratch.
-    """
-
-    def __init__(self, pair, system: str | None = None):
-        from .decoding import Session
-
-        self._session_cls = Session
-        self.pair = pair
-        self.tok = pair.tokenizer
-        self.system = system
-        self.messages: list[dict] = []
-        self.session = None
-        self.ids: list[int] = []  # tokens in the session: the cache, then `pending`
-        self.dirty = False  # the cache may not match `ids` (an interrupted answer)
-        self.turns = 0
-        self.model_role = self._probe_model_role()
-        try:
-            added = self.tok.get_added_vocab()
-        except AttributeError:
-            added = {}
-        self.special_text = [t for t in added if t]
-        self.special_ids = set(added.values()) | set(pair.eos_ids)
-
-    # template helpers
-    def _render(self, messages: list[dict], generation_prompt: bool = True) -> str:
-        return self.tok.apply_chat_template(
-            messages, add_generation_prompt=generation_prompt, tokenize=False
-        )
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=False))
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def _probe_model_role(self) -> str:
-        """'assistant' or 'model': whichever re-renders an answer after the generation prompt."""
-        user = [{"role": "user", "content": "x"}]
-        try:
-            prompt = self._render(user)
-        except Exception:
-            return "assistant"
-        for role in ("assistant", "model"):
-            try:
-                text = self._render(user + [{"role": role, "content": "y"}], False)
-            except Exception:
-                continue
-            if text.startswith(prompt + "y"):
-                return role
-        return "assistant"
-
-    def _all_messages(self, user_text: str | None = None) -> list[dict]:
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
-        msgs += self.messages
-        if user_text is not None:
-            msgs.append({"role": "user", "content": user_text})
-        return msgs
-
-    @property
-    def cached(self) -> int:
-        """Tokens in the cache proper (the pending token is not)."""
-        if self.session is None:
-            return 0
-        return len(self.ids) - (self.session.pending is not None)
-
-    def reset(self) -> None:
-        self.session = self._session_cls(self.pair.target)
-        self.ids = []
-        self.dirty = False
-
-    def clear(self) -> None:
-        self.messages = []
-        self.turns = 0
-        self.session = None
-        self.ids = []
-        self.dirty = False
-
-    def plan(self, user_text: str) -> list[int]:
-        """The ids to feed for this turn; drops or rebuilds the cache when it cannot be reused."""
-        text = self._render(self._all_messages(user_text))
-        full = self._encode(text)
-        if self.session is None or self.dirty:
-            self.reset()
-            return full
-        S = self.ids
-        # Keep the pending token when it re-renders, else drop it (it is not in the cache).
-        for keep in (len(S), len(S) - 1):
-            if keep > 0 and len(full) > keep and full[:keep] == S[:keep]:
-                self._keep(keep)
-                return full[keep:]
-        for keep in (len(S), len(S) - 1):
-            if keep <= 0:
-                continue
-            prefix = self._decode(S[:keep])
-            rest = text[len(prefix) :]
-            clean = S[keep - 1] in self.special_ids or any(
-                rest.startswith(t) for t in self.special_text
-            )
-            if rest and clean and text.startswith(prefix):
-                self._keep(keep)
-                return self._encode(rest)
-        self.reset()
-        return full
-
-    def _keep(self, keep: int) -> None:
-        if keep < len(self.ids):
-            self.session.pending = None
-            self.ids = self.ids[:keep]
-
-    def record(self, user_text: str, fed: list[int], answer: list[int], interrupted: bool):
-        self.ids = self.ids + fed + answer
-        body = [t for t in answer]
-        while body and body[-1] in self.pair.eos_ids:
-            body.pop()
-        self.messages.append({"role": "user", "content": user_text})
-        self.messages.append({"role": self.model_role, "content": self._decode(body)})
-        self.turns += 1
-        if interrupted:
-            self.dirty = True
-
-
-def _read_message(interactive: bool, console) -> str | None:
-    """One user message (None at end of input): `\\` continues a line, \"\"\" opens a block."""
-
-    def line(prompt: str) -> str | None:
-        if interactive:
-            try:
-                return console.input(prompt)
-            except EOFError:
-                return None
-        got = sys.stdin.readline()
-        return got.rstrip("\n").rstrip("\r") if got else None
-
-    first = line("[bold green]>>> [/]")
-    if first is None:
-        return None
-    if first.strip() == '"""':
-        lines = []
-        while (nxt := line("[dim]... [/]")) is not None and nxt.strip() != '"""':
-            lines.append(nxt)
-        return "\n".join(lines)
-    lines = [first]
-    while lines[-1].endswith("\\"):
-        lines[-1] = lines[-1][:-1]
-        nxt = line("[dim]... [/]")
-        if nxt is None:
-            break
-        lines.append(nxt)
-    return "\n".join(lines)
-
-
 CHAT_EXAMPLES = (
     "Examples:\n\n"
     "  gemma-mtp chat                         [dim]# first run downloads + converts E4B[/]\n\n"
@@ -576,7 +390,7 @@ def chat(
 
     while True:
         try:
-            message = _read_message(interactive, console)
+            message = read_message(interactive, console)
         except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line
             console.print()
             continue
@@ -653,37 +467,6 @@ def chat(
 
 
 # -- bench -------------------------------------------------------------------------------------
-def _load_prompts(path: Path | None) -> list[str]:
-    if path is None:
-        return list(BENCH_PROMPTS)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        fail(f"{path}: {e.strerror or e}", 2)
-    prompts = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            item = line
-        if isinstance(item, dict):
-            item = item.get("prompt", "")
-        if isinstance(item, str) and item.strip():
-            prompts.append(item)
-        elif not isinstance(item, str):
-            prompts.append(line)
-    if not prompts:
-        fail(f"{path}: no prompts (one per line, or JSON lines with a 'prompt' key)", 2)
-    return prompts
-
-
-def _first_difference(a: list[int], b: list[int]) -> int:
-    same = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-    return next(same, min(len(a), len(b)))
-
-
 BENCH_EXAMPLES = (
     "Examples:\n\n"
     "  gemma-mtp bench                                   [dim]# built-in prompts, E4B 4-bit[/]\n\n"
@@ -718,73 +501,10 @@ def bench(
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
         _check_draft_options(False, k, None)
-    texts = _load_prompts(prompts)
+    texts = load_prompts(prompts)
     pair = load_model(model, drafter, False, dtype)
 
-    import mlx.core as mx
-
-    from .generate import encode_prompt, generate
-    from .sampling import SamplingParams
-
-    greedy = SamplingParams()
-    modes = [("plain", False, None), ("mtp", True, None)]
-    modes += [(f"mtp k={k}", True, k) for k in dict.fromkeys(num_draft or ())]
-    prompt_ids = [encode_prompt(pair.tokenizer, t) for t in texts]
-    decoders = {name: make_decoder(pair, greedy, use, prompt_ids[0]) for name, use, _ in modes}
-    for name, use, k in modes:  # warm up: compile kernels, allocate
-        generate(
-            pair,
-            prompt_ids[0],
-            max_tokens=min(8, max_tokens),
-            num_draft=k,
-            use_drafter=use,
-            decoder=decoders[name],
-        )
-
-    rows, mismatches = [], []
-    for p, ids in enumerate(prompt_ids, 1):
-        reference = None
-        base_speed = None
-        for name, use, k in modes:
-            results = []
-            for _ in range(runs):
-                if hasattr(mx, "reset_peak_memory"):
-                    mx.reset_peak_memory()
-                res = generate(
-                    pair,
-                    ids,
-                    max_tokens=max_tokens,
-                    num_draft=k,
-                    use_drafter=use,
-                    decoder=decoders[name],
-                )
-                results.append((res, res.stats.to_dict()))
-                if reference is None:
-                    reference = res.token_ids
-                elif res.token_ids != reference:
-                    at = _first_difference(reference, res.token_ids)
-                    mismatches.append({"prompt": p, "mode": name, "first_difference": at})
-
-            def med(key, results=results):
-                return statistics.median(d[key] for _, d in results)
-
-            speed = med("tokens_per_s")
-            if base_speed is None:
-                base_speed = speed
-            rows.append(
-                {
-                    "prompt": p,
-                    "mode": name,
-                    "tokens": results[0][1]["generated_tokens"],
-                    "tokens_per_s": round(speed, 2),
-                    "speedup": round(speed / base_speed, 3) if base_speed else 0.0,
-                    "acceptance_rate": round(med("acceptance_rate"), 4),
-                    "mean_accepted_per_round": round(med("mean_accepted_per_round"), 3),
-                    "ttft_s": round(med("ttft_s"), 4),
-                    "peak_memory_gb": round(max(d["peak_memory_gb"] for _, d in results), 3),
-                    "identical": all(r.token_ids == reference for r, _ in results),
-                }
-            )
+    rows, mismatches = run_bench(pair, texts, max_tokens, runs, num_draft or (), make_decoder)
 
     if json_out:
         out = {
@@ -798,63 +518,14 @@ def bench(
         }
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        _bench_table(rows, texts, str(pair.path), runs)
+        bench_table(rows, texts, str(pair.path), runs)
     if mismatches:
         for m in mismatches:
-            _say(
+            say(
                 f"error: MISMATCH on prompt {m['prompt']}: {m['mode']} differs from plain "
                 f"decoding at token {m['first_difference']}"
             )
         fail(f"{len(mismatches)} run(s) did not reproduce plain greedy decoding")
-
-
-def _bench_table(rows: list[dict], texts: list[str], model: str, runs: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"gemma-mtp bench · {model} · greedy · medians of {runs} run(s)",
-        title_justify="left",
-    )
-    for col in (
-        "prompt",
-        "mode",
-        "tokens",
-        "tok/s",
-        "speedup",
-        "acceptance",
-        "acc/round",
-        "TTFT s",
-        "peak GB",
-        "same output",
-    ):
-        table.add_column(col, justify="left" if col in ("prompt", "mode") else "right")
-    last_prompt = None
-    for r in rows:
-        label = ""
-        if r["prompt"] != last_prompt:
-            text = texts[r["prompt"] - 1].replace("\n", " ")
-            label = f"{r['prompt']}. {text[:28]}{'…' if len(text) > 28 else ''}"
-            if last_prompt is not None:
-                table.add_section()
-            last_prompt = r["prompt"]
-        plain = r["mode"] == "plain"
-        table.add_row(
-            label,
-            r["mode"],
-            str(r["tokens"]),
-            f"{r['tokens_per_s']:.1f}",
-            "1.00x" if plain else f"{r['speedup']:.2f}x",
-            "" if plain else f"{100 * r['acceptance_rate']:.0f}%",
-            "" if plain else f"{r['mean_accepted_per_round']:.2f}",
-            f"{r['ttft_s']:.3f}",
-            f"{r['peak_memory_gb']:.2f}",
-            "yes" if r["identical"] else "[bold red]NO[/]",
-        )
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 132)
-    console.print(table)
 
 
 # -- convert -----------------------------------------------------------------------------------
@@ -939,7 +610,7 @@ def convert(
         fail(_first_line(e))
     sys.stdout.write(f"{path}\n")
     if is_terminal(sys.stdout):
-        _say(f"try it: gemma-mtp chat -m {path}")
+        say(f"try it: gemma-mtp chat -m {path}")
 
 
 def main() -> None:  # `python -m gemma_mtp_mlx`

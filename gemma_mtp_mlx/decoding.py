@@ -197,13 +197,17 @@ class Decoder:
         tokens = ([session.pending] if session.pending is not None else []) + list(prompt)
         if not tokens:
             raise ValueError("empty prompt")
-        if self.margin is None and self.drafter is not None and self.sampling.greedy:
-            self.margin = calibrate_margin(self.target, tokens)
+        self.prepare(tokens)
         self._ahead = None
         try:
             yield from self._generate(session, tokens, max_tokens, schedule, eos)
         finally:  # also when the consumer stops early (Ctrl-C, a closed pipe)
             rollback(session.cache, self._drop_ahead())
+
+    def prepare(self, tokens: list[int]) -> None:
+        """One-off work before the first token: measure the greedy safety margin."""
+        if self.margin is None and self.drafter is not None and self.sampling.greedy:
+            self.margin = calibrate_margin(self.target, tokens or [0])
 
     def _generate(self, session, tokens, max_tokens, schedule, eos) -> Iterator[Event]:
         t0 = time.perf_counter()

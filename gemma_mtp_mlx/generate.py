@@ -136,6 +136,7 @@ def stream_generate(
     decoder = decoder or Decoder(pair.target, drafter, sampling)
     session = session or Session(pair.target)
     schedule = DraftSchedule(fixed=0 if drafter is None else num_draft)
+    decoder.prepare(prompt_ids)  # not counted in TTFT
     detok = pair.tokenizer.detokenizer
     detok.reset()
     stats = Stats(prompt_tokens=len(prompt_ids) + (session.pending is not None))

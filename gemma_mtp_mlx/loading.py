@@ -28,6 +28,10 @@ class ModelLoadError(ValueError):
     """A model folder that cannot be used; the message is one line for the user."""
 
 
+class DrafterLoadError(ModelLoadError):
+    """The drafter (not the target) is missing, unloadable or made for another target."""
+
+
 @dataclass
 class ModelPair:
     target: Gemma4Target | Gemma3Target
@@ -129,14 +133,22 @@ def check_pair(target: Gemma4Target | Gemma3Target, drafter: gemma4_assistant.Mo
         )
     d = drafter.text
     for kind in set(target.layer_types):
-        full = kind == "full_attention"
-        t_global = getattr(t, "global_head_dim", None)  # Gemma 3 has one head size
-        t_dim = t_global if full and t_global else t.head_dim
-        d_dim = d.global_head_dim if full and d.global_head_dim else d.head_dim
-        if t_dim != d_dim:
+        t_shape, d_shape = kv_shape(t, kind), kv_shape(d, kind)
+        if t_shape != d_shape:
             raise ModelLoadError(
-                f"drafter {kind} head dim {d_dim} does not match the target's {t_dim}"
+                f"drafter {kind} K/V (heads, head dim) {d_shape} do not match "
+                f"the target's {t_shape}: it was made for another model"
             )
+
+
+def kv_shape(args, kind: str) -> tuple[int, int]:
+    """(KV heads, head dim) of a layer type; 26B/31B full layers have their own of both."""
+    full = kind == "full_attention"
+    head_dim = getattr(args, "global_head_dim", None) if full else None
+    heads = None
+    if full and getattr(args, "attention_k_eq_v", False):
+        heads = getattr(args, "num_global_key_value_heads", None)
+    return heads or args.num_key_value_heads, head_dim or args.head_dim
 
 
 def eos_ids(path: Path, tokenizer) -> set[int]:
@@ -174,12 +186,17 @@ def load_pair(
     if use_drafter:
         dpath = Path(drafter_path) if drafter_path else found_drafter
         if dpath is None:
-            raise ModelLoadError(
+            raise DrafterLoadError(
                 f"{path}: no drafter found (convert one with `gemma-mtp convert`, "
                 "or pass --no-draft)"
             )
-        drafter = load_drafter(dpath, mx_dtype or target.dtype)
-        check_pair(target, drafter)
+        try:
+            drafter = load_drafter(dpath, mx_dtype or target.dtype)
+            check_pair(target, drafter)
+        except DrafterLoadError:
+            raise
+        except ModelLoadError as e:
+            raise DrafterLoadError(str(e)) from None
     try:
         tokenizer = load_tokenizer(target_dir)
     except Exception as e:  # transformers raises many types here
