@@ -152,35 +152,47 @@ class Decoder:
         return drafts, dists
 
     def speculative_round(self, session: Session, k: int) -> tuple[list[int], int, bool]:
+        """Draft k tokens, verify them in one target pass, keep the agreeing prefix plus
+        the target's own next token, and roll the cache back past the rest.
+        Returns (new tokens, drafts accepted, whether a row was redone)."""
         drafts, q = self.draft(session, k)
         inputs = mx.concatenate([mx.array([session.pending], dtype=mx.uint32), *drafts])
-        logits, hidden = self.target(inputs[None], session.cache)  # verify k+1 rows
-        logits = logits[0]
-        drafts = inputs[1:]
+        logits, hidden = self.target(inputs[None], session.cache)  # verify: k+1 rows at once
+        logits, drafts = logits[0], inputs[1:]
         if self.sampling.greedy:
-            choice = mx.argmax(logits, axis=-1)
-            n = mx.cumprod((choice[:k] == drafts).astype(mx.int32)).sum()
-            margins = top2_margin(logits)
-            mx.eval(n, choice, margins, drafts, hidden)
-            n = n.item()
-            unsure = [i for i, m in enumerate(margins.tolist()[: n + 1]) if m < self.margin]
-            if unsure:  # redo from the first unsure row on the single-token path
-                j = unsure[0]
-                rollback(session.cache, k + 1 - j)
-                row_input = inputs[j].item()
-                row_logits, row_hidden = self.step(session, [row_input])
-                token = mx.argmax(row_logits).item()
-                session.carry = row_hidden
-                return drafts[:j].tolist() + [token], j, True
-            next_token = choice[n]
+            accepted, next_token, unsure = self.accept_greedy(logits, drafts)
+            if unsure is not None:
+                return self.redo_from(session, inputs, unsure, k)
         else:
-            p = probabilities(logits, self.sampling)
-            n, next_token = speculative_accept(p, mx.stack(q), drafts, self._key())
-            mx.eval(n, next_token, drafts, hidden)
-            n = n.item()
-        rollback(session.cache, k - n)  # forget the rejected drafts
-        session.carry = hidden[:, n : n + 1]
-        return drafts[:n].tolist() + [next_token.item()], n, False
+            accepted, next_token = self.accept_sampled(logits, mx.stack(q), drafts)
+        rollback(session.cache, k - accepted)  # forget the rejected drafts
+        session.carry = hidden[:, accepted : accepted + 1]
+        return drafts[:accepted].tolist() + [next_token], accepted, False
+
+    def accept_greedy(self, logits, drafts) -> tuple[int, int, int | None]:
+        """Longest prefix of drafts equal to the target's argmax, then the target's token.
+        Also the first used row whose top-2 margin is too thin to trust the block verify."""
+        choice = mx.argmax(logits, axis=-1)
+        n = mx.cumprod((choice[:-1] == drafts).astype(mx.int32)).sum()
+        margins = top2_margin(logits)
+        mx.eval(n, choice, margins)
+        n = n.item()
+        unsure = next((i for i, m in enumerate(margins.tolist()[: n + 1]) if m < self.margin), None)
+        return n, choice[n].item(), unsure
+
+    def accept_sampled(self, logits, q, drafts) -> tuple[int, int]:
+        """Rejection sampling against the drafter's distributions q (see sampling.py)."""
+        p = probabilities(logits, self.sampling)
+        n, next_token = speculative_accept(p, q, drafts, self._key())
+        mx.eval(n, next_token)
+        return n.item(), next_token.item()
+
+    def redo_from(self, session: Session, inputs, row: int, k: int) -> tuple[list[int], int, bool]:
+        """Keep the rows before `row`, recompute `row` on the single-token path (plain
+        decoding itself), so a near-tie resolves exactly as without the drafter."""
+        rollback(session.cache, k + 1 - row)
+        logits, session.carry = self.step(session, [inputs[row].item()])
+        return inputs[1 : row + 1].tolist() + [mx.argmax(logits).item()], row, True
 
     # -- the loop -------------------------------------------------------------------
     def generate(
