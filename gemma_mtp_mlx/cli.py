@@ -141,6 +141,21 @@ NumDraftOpt = Annotated[
         help=f"Fixed draft length 1..{MAX_DRAFT} (default: adaptive schedule).",
     ),
 ]
+
+
+class Schedule(str, Enum):
+    heuristic = "heuristic"
+    auto = "auto"
+
+
+ScheduleOpt = Annotated[
+    Schedule | None,
+    typer.Option(
+        "--draft-schedule",
+        help="heuristic (+2 after a full accept, -1 after a rejection; the default) or auto "
+        "(each round the K, 0 = drafter off, expected to give the most tokens/s).",
+    ),
+]
 DTypeOpt = Annotated[
     DType | None,
     typer.Option("--dtype", help="Compute dtype (default: the checkpoint's)."),
@@ -163,6 +178,13 @@ def _sampling(temp: float, top_p: float, top_k: int, min_p: float, seed: int | N
     except ValueError as e:
         fail(f"bad sampling option: {e}", 2)
     return params
+
+
+def _draft_spec(num_draft: int | None, schedule: Schedule | None):
+    """What stream_generate takes as num_draft: a fixed K, "auto" or None (heuristic)."""
+    if num_draft is not None and schedule is not None:
+        fail("--num-draft and --draft-schedule exclude each other", 2)
+    return num_draft if num_draft is not None else (schedule.value if schedule else None)
 
 
 def _check_draft_options(no_draft: bool, num_draft: int | None, drafter: Path | None) -> None:
@@ -271,6 +293,7 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="No chat template: the prompt as is.")] = False,
     no_draft: NoDraftOpt = False,
     num_draft: NumDraftOpt = None,
+    draft_schedule: ScheduleOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object (text, token ids, stats) on stdout.")
     ] = False,
@@ -283,6 +306,7 @@ def generate(
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
     sampling = _sampling(temp, top_p, top_k, min_p, seed)
     _check_draft_options(no_draft, num_draft, drafter)
+    draft = _draft_spec(num_draft, draft_schedule)
     if raw and system:
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
@@ -300,7 +324,7 @@ def generate(
         ids,
         max_tokens=max_tokens,
         sampling=sampling,
-        num_draft=num_draft,
+        num_draft=draft,
         use_drafter=use_drafter,
         stop_strings=tuple(stop or ()),
         decoder=decoder,
@@ -352,6 +376,7 @@ def chat(
     seed: SeedOpt = None,
     no_draft: NoDraftOpt = False,
     num_draft: NumDraftOpt = None,
+    draft_schedule: ScheduleOpt = None,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
 ) -> None:
@@ -360,6 +385,7 @@ def chat(
 
     sampling = _sampling(temp, top_p, top_k, min_p, seed)
     _check_draft_options(no_draft, num_draft, drafter)
+    draft = _draft_spec(num_draft, draft_schedule)
     pair = load_model(model, drafter, no_draft, dtype)
     if getattr(pair.tokenizer, "chat_template", None) is None:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
@@ -380,7 +406,8 @@ def chat(
     convo = Conversation(pair, system)
     decoder = None
     last = None  # (stats, cached) of the last turn
-    mode = "off" if not use_drafter else (f"K={num_draft}" if num_draft else "adaptive")
+    mode = "off" if not use_drafter else f"K={draft}" if isinstance(draft, int) else draft
+    mode = mode or "heuristic"
     if tty_out:
         console.print(
             f"[bold]gemma-mtp chat[/] · {pair.path} · drafter {mode} · "
@@ -446,7 +473,7 @@ def chat(
                     pair,
                     fed,
                     max_tokens=max_tokens,
-                    num_draft=num_draft,
+                    num_draft=draft,
                     use_drafter=use_drafter,
                     session=convo.session,
                     decoder=decoder,

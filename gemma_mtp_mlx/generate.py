@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from .decoding import Decoder, DraftSchedule, RoundInfo, Session
+from .decoding import Decoder, RoundInfo, Session
 from .loading import ModelPair
 from .sampling import SamplingParams
+from .schedule import make_schedule
 
 
 @dataclass
@@ -125,7 +126,7 @@ def stream_generate(
     prompt_ids: list[int],
     max_tokens: int = 256,
     sampling: SamplingParams | None = None,
-    num_draft: int | None = None,
+    num_draft: int | str | None = None,  # K, "auto", or None for the heuristic
     use_drafter: bool = True,
     stop_strings: tuple[str, ...] = (),
     session: Session | None = None,
@@ -135,7 +136,7 @@ def stream_generate(
     drafter = pair.drafter if use_drafter else None
     decoder = decoder or Decoder(pair.target, drafter, sampling)
     session = session or Session(pair.target)
-    schedule = DraftSchedule(fixed=0 if drafter is None else num_draft)
+    schedule = make_schedule(num_draft, drafter is not None)
     decoder.prepare(prompt_ids)  # not counted in TTFT
     detok = pair.tokenizer.detokenizer
     detok.reset()

@@ -287,7 +287,7 @@ def test_bench_outputs_identical(tmp_path):
     data = json.loads(result.stdout)
     assert data["identical"] and not data["mismatches"]
     assert [(r["prompt"], r["mode"]) for r in data["rows"]] == [
-        (p, m) for p in (1, 2) for m in ("plain", "mtp", "mtp k=2")
+        (p, m) for p in (1, 2) for m in ("plain", "mtp", "mtp auto", "mtp k=2")
     ]
     assert all(r["identical"] and r["tokens"] == 8 for r in data["rows"])
 
@@ -448,3 +448,14 @@ def test_convert_then_generate_with_the_real_converter(tmp_path):
     assert drafted["token_ids"] == plain["token_ids"] and drafted["draft_rounds"] > 0
     again = run("convert", *args)
     assert again.exit_code == 1 and "--force" in again.stderr
+
+
+def test_draft_schedule_auto_gives_the_same_tokens():
+    base = ["generate", "-m", E2B, "--prompt", "hello", *FAST, "--json"]
+    plain = json.loads(run(*base, "--no-draft").stdout)
+    auto = run(*base, "--draft-schedule", "auto")
+    assert auto.exit_code == 0, auto.stderr
+    data = json.loads(auto.stdout)
+    assert data["token_ids"] == plain["token_ids"]
+    both = run(*base, "--draft-schedule", "auto", "--num-draft", "2")
+    assert both.exit_code == 2
