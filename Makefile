@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint bench fixtures clean
+.PHONY: install test test-all lint bench fixtures clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,9 @@ install:
 		echo "note: tmux not installed; the real-terminal chat test will be skipped"
 
 test:
+	$(BIN)/python -m pytest tests -m "not slow"
+
+test-all:
 	$(BIN)/python -m pytest tests
 
 lint:

@@ -111,6 +111,8 @@ def convert_pair(
     out = Path(out).expanduser().absolute()
     if (out.exists() or out.is_symlink()) and not force:  # before any download
         raise ConvertError(f"{out}: already exists (pass --force to replace it)")
+    if str(target).endswith(".gguf"):
+        return convert_gguf_pair(Path(target), drafter, out, bits, group_size, dtype, progress)
 
     t0 = time.perf_counter()
     tsrc = resolve(target, progress)
@@ -132,15 +134,9 @@ def convert_pair(
     else:
         _say(progress, f"no drafter given: converting the target {target} only")
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = None
-    try:
-        tmp.mkdir()
+    def build(tmp: Path) -> dict:
         _write_all(plans, tmp, progress, max_shard_bytes)
-        manifest = {
-            "tool": "gemma-mtp",
-            "version": tool_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        return {
             "target": {"source": tsrc.spec, **tsrc.describe()},
             "drafter": {"source": dsrc.spec, **dsrc.describe()} if dsrc else None,
             "bits": bits,
@@ -149,12 +145,34 @@ def convert_pair(
             "dtype": dtype,
             "mode": "affine" if (bits or dbits) else None,
         }
+
+    write_atomically(out, build)
+    size = sum(p.output_bytes for p in plans)
+    human = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    _say(progress, f"wrote {out} ({human}, {time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def write_atomically(out: Path, build) -> None:
+    """Run `build(tmp)` in a hidden folder next to `out` and move it into place only
+    when complete (replacing an old `out` last). Any failure, Ctrl-C included, leaves
+    `out` as it was. `build` returns the manifest's model-specific fields."""
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = None
+    try:
+        tmp.mkdir()
+        manifest = {
+            "tool": "gemma-mtp",
+            "version": tool_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **build(tmp),
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists() or out.is_symlink():  # --force: swap only now, complete
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
         os.replace(tmp, out)
-    except BaseException:  # Ctrl-C included: leave nothing half-written
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not out.exists():
             os.replace(old, out)
@@ -162,10 +180,52 @@ def convert_pair(
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    size = sum(p.output_bytes for p in plans)
-    human = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
-    _say(progress, f"wrote {out} ({human}, {time.perf_counter() - t0:.1f} s)")
+
+
+def convert_gguf_pair(gguf: Path, drafter, out: Path, bits, group_size, dtype, progress) -> Path:
+    """A GGUF target (e.g. Gemma 3 270M): dequantized to `dtype`, then quantized like
+    mlx_lm.convert when `bits` is set; a drafter folder, if given, is copied as is."""
+    from .gguf import convert_gguf
+
+    if not gguf.is_file():
+        raise ConvertError(f"{gguf}: no such GGUF file")
+    if drafter is not None and not (Path(drafter) / "config.json").is_file():
+        raise ConvertError(f"{drafter}: not a drafter folder (no config.json)")
+
+    def build(tmp: Path) -> dict:
+        convert_gguf(gguf, tmp / "target", dtype)
+        if bits:
+            _quantize_in_place(tmp / "target", bits, group_size)
+        if drafter is not None:
+            shutil.copytree(drafter, tmp / "drafter")
+        return {
+            "target": {"source": str(gguf.absolute()), "format": "gguf"},
+            "drafter": {"source": str(Path(drafter).absolute())} if drafter else None,
+            "bits": bits,
+            "group_size": group_size if bits else None,
+            "dtype": dtype,
+            "mode": "affine" if bits else None,
+        }
+
+    write_atomically(out, build)
+    _say(progress, f"wrote {out}")
     return out
+
+
+def _quantize_in_place(folder: Path, bits: int, group_size: int) -> None:
+    from mlx_lm.utils import load_model, quantize_model, save_config, save_model
+
+    model, config = load_model(folder, lazy=True)
+    model, config = quantize_model(model, config, group_size, bits)
+    quantized = folder.with_name(folder.name + ".quantized")
+    quantized.mkdir()
+    save_model(quantized, model)
+    save_config(config, quantized / "config.json")
+    for f in folder.iterdir():  # tokenizer and generation files come along
+        if not f.name.startswith("model") and f.name != "config.json":
+            shutil.copy2(f, quantized / f.name)
+    shutil.rmtree(folder)
+    quantized.rename(folder)
 
 
 # -- resolve_model: what the CLI's -m accepts ---------------------------------------------

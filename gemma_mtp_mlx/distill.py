@@ -36,9 +36,15 @@ from .models import gemma4_assistant
 from .models.cache import KVCache
 
 DRAFTER_LAYERS = ("sliding_attention",) * 3 + ("full_attention",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 CKPT = ".ckpt"
 
 
@@ -51,8 +57,9 @@ def target_rope_parameters(target) -> dict:
     return dict(target.args.rope_parameters)
 
 
-def drafter_config(target, hidden: int | None = None, draft_vocab: int = 0,
-                   intermediate: int | None = None) -> dict:
+def drafter_config(
+    target, hidden: int | None = None, draft_vocab: int = 0, intermediate: int | None = None
+) -> dict:
     """A `gemma4_assistant` config whose attention reads this target's K/V."""
     t = target.args
     hidden = hidden or target.hidden_size
@@ -131,8 +138,10 @@ def teacher(target, x: mx.array, rows: mx.array):
     kv = {}
     for kind, idx in target.kv_source.items():
         c = cache[idx]
-        kv[kind] = (c.keys[..., : c.offset, :].astype(mx.float32),
-                    c.values[..., : c.offset, :].astype(mx.float32))
+        kv[kind] = (
+            c.keys[..., : c.offset, :].astype(mx.float32),
+            c.values[..., : c.offset, :].astype(mx.float32),
+        )
     h = h.astype(mx.float32)
     logits = h @ rows.T
     cap = getattr(target.lm, "final_logit_softcapping", None)
@@ -201,8 +210,9 @@ def evaluate(target, drafter, prompts: list[list[int]], k: int = 4, new_tokens: 
 # -- saving -------------------------------------------------------------------------------
 
 
-def save_drafter(drafter, config: dict, out: Path, target_dir: Path | None = None,
-                 dtype=mx.float32) -> Path:
+def save_drafter(
+    drafter, config: dict, out: Path, target_dir: Path | None = None, dtype=mx.float32
+) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = {
@@ -210,8 +220,9 @@ def save_drafter(drafter, config: dict, out: Path, target_dir: Path | None = Non
         for k, v in tree_flatten(drafter.parameters())
     }
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    cfg = dict(config, dtype={mx.float32: "float32", mx.bfloat16: "bfloat16",
-                              mx.float16: "float16"}[dtype])
+    cfg = dict(
+        config, dtype={mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}[dtype]
+    )
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     if target_dir is not None:
         for name in TOKENIZER_FILES:
@@ -282,15 +293,29 @@ def distill(
     ckpt = out / CKPT
     mx.random.seed(seed)
     say = console.print if console is not None else print
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
     all_prompts = data.load_prompts(prompts)
     train_prompts, held = data.split_prompts(all_prompts, seed=seed)
     with Progress(*columns, console=console, transient=False) as progress:
         t0 = time.perf_counter()
-        seqs = data.generate_corpus(target, tokenizer, train_prompts, tokens, new_tokens,
-                                    gen_batch, seed, ckpt / "data.json",
-                                    _Tracker(progress))
+        seqs = data.generate_corpus(
+            target,
+            tokenizer,
+            train_prompts,
+            tokens,
+            new_tokens,
+            gen_batch,
+            seed,
+            ckpt / "data.json",
+            _Tracker(progress),
+        )
         gen_seconds = time.perf_counter() - t0
 
         if init:
@@ -305,18 +330,30 @@ def distill(
             if subset:
                 eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
                 drafter.draft_token_ids = data.frequent_tokens(
-                    seqs, subset, target.vocab_size, always=eos)
+                    seqs, subset, target.vocab_size, always=eos
+                )
             init_head_from_target(drafter, target)
         drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
         rows = target_head_rows(target, head_token_ids(drafter))
 
         warm = max(1, min(100, steps // 10))
         schedule = optim.join_schedules(
-            [optim.linear_schedule(lr / 100, lr, warm), optim.cosine_decay(lr, max(1, steps - warm),
-                                                                           lr / 20)], [warm])
+            [
+                optim.linear_schedule(lr / 100, lr, warm),
+                optim.cosine_decay(lr, max(1, steps - warm), lr / 20),
+            ],
+            [warm],
+        )
         opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
-        meta = {"config": config, "seed": seed, "steps": steps, "batch": batch,
-                "seq_len": seq_len, "draft_depth": draft_depth, "lr": lr}
+        meta = {
+            "config": config,
+            "seed": seed,
+            "steps": steps,
+            "batch": batch,
+            "seq_len": seq_len,
+            "draft_depth": draft_depth,
+            "lr": lr,
+        }
         step = _load_ckpt(ckpt, drafter, opt, meta)
         rows_data = data.pack(seqs, seq_len, seed)
         held_ids = [data.encode(tokenizer, p) for _, p in held]
@@ -325,7 +362,7 @@ def distill(
             return unrolled_loss(model, x, emb, h, kv, t_logits, draft_depth, target.sliding_window)
 
         grad_fn = nn.value_and_grad(drafter, loss_fn)
-        before = evaluate(target, drafter, held_ids[:4], eval_k) if step == 0 else None
+        before = evaluate(target, drafter, held_ids, eval_k) if step == 0 else None
         task = progress.add_task("training", total=steps, completed=step, info="")
         n_rows = rows_data.shape[0]
         t_train = time.perf_counter()
@@ -349,8 +386,10 @@ def distill(
             if eval_every and step % eval_every == 0 and step < steps:
                 ev = evaluate(target, drafter, held_ids[:4], eval_k)
                 history.append({"step": step, **ev})
-                say(f"step {step}: {ev['tokens_per_verify']:.2f} tokens/verify at K={eval_k}, "
-                    f"acceptance {ev['acceptance']:.2f}")
+                say(
+                    f"step {step}: {ev['tokens_per_verify']:.2f} tokens/verify at K={eval_k}, "
+                    f"acceptance {ev['acceptance']:.2f}"
+                )
         train_seconds = time.perf_counter() - t_train
 
     after = evaluate(target, drafter, held_ids, eval_k)
@@ -409,8 +448,20 @@ def distill_command(
     target_dir, _ = resolve_pair_dirs(Path(model))
     target = load_target(target_dir)
     tokenizer = load_tokenizer(target_dir)
-    return distill(target, tokenizer, out, target_dir=target_dir, init=init, tokens=tokens,
-                   steps=steps, draft_depth=draft_depth, hidden=hidden,
-                   vocab_subset=vocab_subset, batch=batch, lr=lr, seed=seed, prompts=prompts,
-                   console=console)
-
+    return distill(
+        target,
+        tokenizer,
+        out,
+        target_dir=target_dir,
+        init=init,
+        tokens=tokens,
+        steps=steps,
+        draft_depth=draft_depth,
+        hidden=hidden,
+        vocab_subset=vocab_subset,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        prompts=prompts,
+        console=console,
+    )

@@ -83,8 +83,11 @@ class Gemma3Target:
         full = {"rope_type": "default", "rope_theta": a.rope_theta}
         scaling = a.rope_scaling or {}
         if scaling.get("rope_type", scaling.get("type")) == "linear":
-            full = {"rope_type": "linear", "rope_theta": a.rope_theta,
-                    "factor": a.rope_scaling["factor"]}
+            full = {
+                "rope_type": "linear",
+                "rope_theta": a.rope_theta,
+                "factor": a.rope_scaling["factor"],
+            }
         return {
             "full_attention": full,
             "sliding_attention": {"rope_type": "default", "rope_theta": a.rope_local_base_freq},
