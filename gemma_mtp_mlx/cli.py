@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,12 +21,32 @@ from typer.core import TyperGroup
 
 from .benchmark import bench_table, load_prompts, run_bench
 from .chat import CHAT_HELP_TEXT, Conversation, read_message
+from .cli_options import (
+    DEFAULT_MODEL,
+    MAX_DRAFT,
+    Bits,
+    DrafterBits,
+    DrafterOpt,
+    DType,
+    DTypeOpt,
+    GroupSize,
+    MaxTokensOpt,
+    MinPOpt,
+    ModelOpt,
+    NoDraftOpt,
+    NumDraftOpt,
+    Schedule,
+    ScheduleOpt,
+    SeedOpt,
+    SystemOpt,
+    TempOpt,
+    TopKOpt,
+    TopPOpt,
+)
 from .errors import CliError, fail, say
 from .live import PlainView, is_terminal, make_view, stats_line, status_panel
 
-DEFAULT_MODEL = "google/gemma-4-E4B-it"
 DEFAULT_BITS = 4
-MAX_DRAFT = 16  # decoding.MAX_DRAFT, repeated here to keep --help free of MLX
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -110,65 +129,6 @@ def _main() -> None:
 
 
 # -- options shared by the commands ------------------------------------------------------------
-class DType(str, Enum):
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-    float32 = "float32"
-
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="A folder made by `gemma-mtp convert` (target/ + drafter/), any Gemma 4 model "
-        "folder, or a Hugging Face repo id (downloaded and converted to 4-bit once).",
-        show_default=True,
-    ),
-]
-DrafterOpt = Annotated[
-    Path | None,
-    typer.Option("--drafter", help="Drafter folder, when the model folder has none."),
-]
-NoDraftOpt = Annotated[
-    bool, typer.Option("--no-draft", help="Run the target alone (plain decoding).")
-]
-NumDraftOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--num-draft",
-        "-k",
-        help=f"Fixed draft length 1..{MAX_DRAFT} (default: adaptive schedule).",
-    ),
-]
-
-
-class Schedule(str, Enum):
-    heuristic = "heuristic"
-    auto = "auto"
-
-
-ScheduleOpt = Annotated[
-    Schedule | None,
-    typer.Option(
-        "--draft-schedule",
-        help="heuristic (+2 after a full accept, -1 after a rejection; the default) or auto "
-        "(each round the K, 0 = drafter off, expected to give the most tokens/s).",
-    ),
-]
-DTypeOpt = Annotated[
-    DType | None,
-    typer.Option("--dtype", help="Compute dtype (default: the checkpoint's)."),
-]
-MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Tokens to generate.")]
-TempOpt = Annotated[float, typer.Option("--temp", "-t", help="Temperature; 0 is greedy.")]
-TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")]
-TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens; 0: all.")]
-MinPOpt = Annotated[float, typer.Option("--min-p", help="Drop tokens below min-p x the best.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.")]
-SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
-
-
 def _sampling(temp: float, top_p: float, top_k: int, min_p: float, seed: int | None):
     from .sampling import SamplingParams
 
@@ -556,24 +516,6 @@ def bench(
 
 
 # -- convert -----------------------------------------------------------------------------------
-class Bits(str, Enum):
-    four = "4"
-    eight = "8"
-
-
-class GroupSize(str, Enum):
-    g32 = "32"
-    g64 = "64"
-    g128 = "128"
-
-
-class DrafterBits(str, Enum):
-    same = "same"
-    four = "4"
-    eight = "8"
-    none = "none"
-
-
 CONVERT_EXAMPLES = (
     "Examples:\n\n"
     "  gemma-mtp convert --target google/gemma-4-E4B-it -o out/e4b-4bit --bits 4\n\n"
@@ -638,6 +580,56 @@ def convert(
     sys.stdout.write(f"{path}\n")
     if is_terminal(sys.stdout):
         say(f"try it: gemma-mtp chat -m {path}")
+
+
+DISTILL_EXAMPLES = (
+    "Examples:\n\n"
+    "  gemma-mtp distill -m out/g3-270m -o out/g3-270m/drafter --tokens 200000 --steps 2000\n\n"
+    "  gemma-mtp distill -m out/my-finetune -o out/my-finetune/drafter "
+    "--init out/e4b-4bit/drafter"
+)
+
+
+@app.command(epilog=DISTILL_EXAMPLES)
+def distill(
+    model: Annotated[str, typer.Option("--model", "-m", help="Target model folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Drafter folder to write.")],
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Start from this drafter (fine-tune).")
+    ] = None,
+    tokens: Annotated[int, typer.Option("--tokens", min=1000, help="Training tokens.")] = 200_000,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 1000,
+    draft_depth: Annotated[
+        int, typer.Option("--draft-depth", min=1, max=8, help="Draft steps unrolled in training.")
+    ] = 3,
+    hidden: Annotated[
+        int | None, typer.Option("--hidden", help="Drafter width (default: the target's).")
+    ] = None,
+    vocab_subset: Annotated[
+        int, typer.Option("--vocab-subset", min=0, help="Head over the V most frequent tokens.")
+    ] = 16384,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Sequences per step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="Extra prompts, one per line.")
+    ] = None,
+) -> None:
+    """Train an MTP drafter for a target by self-distillation (resumable)."""
+    from .distill import distill_command
+    from .loading import ModelLoadError
+
+    if not Path(model).is_dir():
+        fail(f"{model}: no such model folder (make one with `gemma-mtp convert`)")
+    try:
+        summary = distill_command(
+            model, str(out), init=str(init) if init else None, tokens=tokens, steps=steps,
+            draft_depth=draft_depth, hidden=hidden, vocab_subset=vocab_subset, batch=batch,
+            lr=lr, seed=seed, prompts=str(prompts) if prompts else None,
+        )
+    except (ModelLoadError, ValueError, OSError) as e:
+        fail(_first_line(e))
+    sys.stdout.write(json.dumps(summary) + "\n")
 
 
 def main() -> None:  # `python -m gemma_mtp_mlx`

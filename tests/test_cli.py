@@ -459,3 +459,23 @@ def test_draft_schedule_auto_gives_the_same_tokens():
     assert data["token_ids"] == plain["token_ids"]
     both = run(*base, "--draft-schedule", "auto", "--num-draft", "2")
     assert both.exit_code == 2
+
+
+# -- distill ------------------------------------------------------------------------------------
+def test_distill_writes_a_loadable_drafter(tmp_path):
+    out = tmp_path / "drafter"
+    args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--steps", "3",
+            "--hidden", "32", "--vocab-subset", "256", "--batch", "2"]
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["trained_tokens"] > 0 and (out / "config.json").is_file()
+    gen = run("generate", "-m", E2B / "target", "--drafter", out, "--prompt", "hi", *FAST, "--json")
+    assert gen.exit_code == 0, gen.stderr
+    plain = run("generate", "-m", E2B, "--no-draft", "--prompt", "hi", *FAST, "--json")
+    assert json.loads(gen.stdout)["token_ids"] == json.loads(plain.stdout)["token_ids"]
+
+
+def test_distill_missing_model():
+    result = run("distill", "-m", "/no/such/model", "-o", "/tmp/never")
+    assert result.exit_code == 1 and "gemma-mtp convert" in result.stderr
