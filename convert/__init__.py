@@ -9,7 +9,7 @@ Conversion streams shard by shard (see `writer`), is atomic (see `pair`) and
 refuses bad input before writing anything (see `plan`, `source`).
 """
 
-from .errors import ConvertError
+from .errors import ConvertError, HubUnreachable
 from .pair import cache_name, convert_pair, default_cache_dir, resolve_model
 from .plan import BITS, DTYPES, GROUP_SIZES
 from .source import is_hub_id
@@ -19,6 +19,7 @@ __all__ = [
     "DTYPES",
     "GROUP_SIZES",
     "ConvertError",
+    "HubUnreachable",
     "cache_name",
     "convert_pair",
     "default_cache_dir",

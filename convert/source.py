@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConvertError
+from .errors import ConvertError, HubUnreachable
 
 ALLOW_PATTERNS = [
     "config.json",
@@ -97,15 +97,17 @@ def fetch(repo_id: str, patterns: list[str] | None = None, progress: bool = True
         ) from None
     except LocalEntryNotFoundError:
         if offline():
-            raise ConvertError(
+            raise HubUnreachable(
                 f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
                 "(download it once online, or give a local folder)"
             ) from None
-        raise ConvertError(
+        raise HubUnreachable(
             f"{repo_id}: cannot reach the Hugging Face Hub and it is not in the local cache"
         ) from None
     except Exception as e:  # network/HTTP errors of many kinds
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, OSError) or "Connect" in type(e).__name__:
+            raise HubUnreachable(f"{repo_id}: cannot reach the Hugging Face Hub: {msg}") from None
         raise ConvertError(f"{repo_id}: download failed: {msg}") from None
     finally:
         if not progress:

@@ -165,7 +165,7 @@ def resolve_model_path(spec: str) -> Path:
         return path
     if HUB_ID.match(spec):
         try:
-            from .convert import resolve_model
+            from .convert import HubUnreachable, resolve_model
         except ImportError:
             fail(
                 f"{spec}: no such folder, and fetching hub models needs the converter "
@@ -174,6 +174,16 @@ def resolve_model_path(spec: str) -> Path:
             )
         try:
             return Path(resolve_model(spec, bits=DEFAULT_BITS, progress=is_terminal(sys.stderr)))
+        except HubUnreachable as e:
+            if spec != DEFAULT_MODEL:
+                fail(f"{spec}: {_first_line(e)} (or convert it yourself with `gemma-mtp convert`)")
+            from .fallback import NOTICE, bundled_pair
+
+            say(NOTICE)
+            try:
+                return bundled_pair(progress=is_terminal(sys.stderr))
+            except (ValueError, OSError) as e2:
+                fail(f"the bundled fallback model is unavailable: {_first_line(e2)}")
         except (ValueError, OSError) as e:  # ConvertError, ModelLoadError, network
             fail(f"{spec}: {_first_line(e)} (or convert it yourself with `gemma-mtp convert`)")
     fail(

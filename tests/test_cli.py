@@ -221,6 +221,7 @@ def test_hub_id_goes_through_resolve_model(monkeypatch):
 
     fake = types.ModuleType("gemma_mtp_mlx.convert")
     fake.resolve_model = resolve_model
+    fake.HubUnreachable = type("HubUnreachable", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "gemma_mtp_mlx.convert", fake)
     result = run("generate", "--prompt", "hi", *FAST)  # the default model
     assert result.exit_code == 0, result.stderr
@@ -232,6 +233,24 @@ def test_hub_id_goes_through_resolve_model(monkeypatch):
     fake.resolve_model = broken
     line = one_error_line(run("generate", "-m", "someone/nothing", "--prompt", "hi"), 1)
     assert "repository not found" in line and "gemma-mtp convert" in line
+
+
+def test_offline_default_falls_back_to_the_bundled_pair(monkeypatch):
+    """No cache, no hub: the default model becomes the bundled pair, with a notice."""
+    import gemma_mtp_mlx.convert as convert
+    import gemma_mtp_mlx.fallback as fallback
+
+    def unreachable(spec, **kw):
+        raise convert.HubUnreachable(f"{spec}: cannot reach the Hugging Face Hub")
+
+    monkeypatch.setattr(convert, "resolve_model", unreachable)
+    monkeypatch.setattr(fallback, "bundled_pair", lambda **kw: E2B)
+    result = run("generate", "--prompt", "hi", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "bundled Gemma 3 270M" in result.stderr and result.stdout
+    # An explicit hub id is never swapped for another model.
+    line = one_error_line(run("generate", "-m", "google/gemma-4-E2B-it", "--prompt", "hi"), 1)
+    assert "cannot reach" in line
 
 
 def test_hub_id_without_converter(monkeypatch):

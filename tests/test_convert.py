@@ -14,9 +14,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+
 from gemma_mtp_mlx.convert import ConvertError, cache_name, convert_pair, resolve_model
 from gemma_mtp_mlx.convert import writer as writer_mod
-
 from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
 from gemma_mtp_mlx.loading import load_drafter, load_pair, load_target
 
