@@ -171,21 +171,24 @@ class Decoder:
 
     def accept_greedy(self, logits, drafts) -> tuple[int, int, int | None]:
         """Longest prefix of drafts equal to the target's argmax, then the target's token.
-        Also the first used row whose top-2 margin is too thin to trust the block verify."""
-        choice = mx.argmax(logits, axis=-1)
+        Also the first used row whose top-2 margin is too thin to trust the block verify.
+        Everything is decided on the device and read back in one transfer."""
+        choice = mx.argmax(logits, axis=-1).astype(mx.int32)
         n = mx.cumprod((choice[:-1] == drafts).astype(mx.int32)).sum()
-        margins = top2_margin(logits)
-        mx.eval(n, choice, margins)
-        n = n.item()
-        unsure = next((i for i, m in enumerate(margins.tolist()[: n + 1]) if m < self.margin), None)
-        return n, choice[n].item(), unsure
+        unsure = mx.array(-1)
+        if self.margin > 0:  # 0 where the backend is batch-invariant: nothing to check
+            rows = mx.arange(logits.shape[0])
+            thin = (top2_margin(logits) < self.margin) & (rows <= n)
+            unsure = mx.where(thin.any(), mx.argmax(thin).astype(mx.int32), -1)
+        n, token, unsure = mx.stack([n, choice[n], unsure]).tolist()
+        return n, token, (unsure if unsure >= 0 else None)
 
     def accept_sampled(self, logits, q, drafts) -> tuple[int, int]:
         """Rejection sampling against the drafter's distributions q (see sampling.py)."""
         p = probabilities(logits, self.sampling)
         n, next_token = speculative_accept(p, q, drafts, self._key())
-        mx.eval(n, next_token)
-        return n.item(), next_token.item()
+        n, next_token = mx.stack([n, next_token.astype(n.dtype)]).tolist()
+        return n, next_token
 
     def redo_from(self, session: Session, inputs, row: int, k: int) -> tuple[list[int], int, bool]:
         """Keep the rows before `row`, recompute `row` on the single-token path (plain
