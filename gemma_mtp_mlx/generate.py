@@ -142,7 +142,7 @@ def stream_generate(
     detok.reset()
     stats = Stats(prompt_tokens=len(prompt_ids) + (session.pending is not None))
     t0 = time.perf_counter()
-    text = ""
+    text, shown = "", 0  # all text so far; how much of it was yielded
     for event in decoder.generate(session, prompt_ids, max_tokens, schedule, pair.eos_ids):
         now = time.perf_counter()
         if event.round is None:
@@ -157,16 +157,25 @@ def stream_generate(
                 detok.add_token(tok)
         if event.finish_reason:
             detok.finalize()
-        piece = detok.last_segment
-        text += piece
-        hit = next((s for s in stop_strings if s in text), None)
+        text += detok.last_segment
+        hit = min((text.index(s) for s in stop_strings if s in text), default=None)
         if hit is not None:
-            cut = text.index(hit)
-            piece = piece[: max(0, len(piece) - (len(text) - cut))]
             stats.finish_reason = "stop"
-            yield Chunk(piece, event.tokens, stats, event.round)
+            yield Chunk(text[shown:hit], event.tokens, stats, event.round)
             return
-        yield Chunk(piece, event.tokens, stats, event.round)
+        # Hold back a tail that may be the start of a stop string still arriving.
+        end = len(text) if event.finish_reason else len(text) - _stop_prefix(text, stop_strings)
+        yield Chunk(text[shown:end], event.tokens, stats, event.round)
+        shown = end
+
+
+def _stop_prefix(text: str, stop_strings: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that begins some stop string."""
+    return max(
+        (n for s in stop_strings for n in range(min(len(s) - 1, len(text)), 0, -1)
+         if s.startswith(text[-n:])),
+        default=0,
+    )
 
 
 @dataclass

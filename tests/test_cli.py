@@ -111,8 +111,8 @@ def test_stdin_is_appended_to_the_prompt(e2b):
 
 @pytest.mark.parametrize("fixture", [E2B, DENSE], ids=["e2b", "dense31b"])
 def test_json_keys_and_drafting_changes_nothing(fixture):
-    base = ["generate", "-m", fixture, "--prompt", "Tell me a story", "--json", "--dtype"]
-    base += ["float32", "--max-tokens", "24"]
+    base = ["generate", "-m", fixture, "--prompt", "Write a poem about the sea", "--json"]
+    base += ["--dtype", "float32", "--max-tokens", "24"]
     drafted = json.loads(run(*base).stdout)
     plain = json.loads(run(*base, "--no-draft").stdout)
     fixed = json.loads(run(*base, "--num-draft", "3").stdout)

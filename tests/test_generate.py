@@ -65,3 +65,11 @@ def test_drafter_for_another_target_is_refused(tmp_path):
         assert "drafter" in str(e)
     else:  # both fixtures share hidden size and vocab; the head dims must still match
         raise AssertionError("a drafter for another target was accepted")
+
+
+def test_stop_prefix_is_held_back():
+    from gemma_mtp_mlx.generate import _stop_prefix
+
+    assert _stop_prefix("hello wo", ("world",)) == 2
+    assert _stop_prefix("hello", ("world",)) == 0
+    assert _stop_prefix("ab", ("abc", "b")) == 2
