@@ -42,53 +42,74 @@ def theirs(target, prompt, n):
     return tokens, len(prompt) / (t_first - t0), (len(tokens) - 1) / (t_end - t_first)
 
 
+def targets(args, dtype):
+    """(label, factory) per model to measure: a real folder, or random weights per family/bits."""
+    if args.model:
+        from gemma_mtp_mlx.loading import load_target
+
+        def real():
+            target = load_target(args.model)
+            C.cast(target, dtype)
+            return target
+
+        yield f"{args.model} (real weights), {args.dtype}", real
+        return
+    for family in args.family:
+        for b in args.bits:
+            bits, layers = C.bits_of(b), C.layers_for(family, args.layers)
+
+            def random_weights(family=family, bits=bits, layers=layers):
+                target = C.build_target(family, bits, layers)
+                C.cast(target, dtype)
+                return target
+
+            yield f"{C.label(family, bits, layers)} (random weights), {args.dtype}", random_weights
+
+
 def main(argv=None):
     p = C.base_parser(__doc__)
     C.add_model_args(p)
     p.add_argument("--prompt", type=int, default=256)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--model", help="a real model folder instead of random weights")
     args = p.parse_args(argv)
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
     rows = []
-    for family in args.family:
-        for b in args.bits:
-            bits = C.bits_of(b)
-            layers = C.layers_for(family, args.layers)
-            target = C.build_target(family, bits, layers)
-            C.cast(target, dtype)
-            prompt = C.prompt_tokens(args.prompt)
-            ours(target, prompt, 2)  # warm-up both
-            theirs(target, prompt, 2)
-            r_ours, r_theirs, same = [], [], True
-            for _ in range(args.runs):
-                a = ours(target, prompt, args.tokens)
-                b_ = theirs(target, prompt, args.tokens)
-                r_ours.append(a[1:])
-                r_theirs.append(b_[1:])
-                same &= a[0] == b_[0]
-            dec = C.median(x[1] for x in r_ours) / C.median(x[1] for x in r_theirs)
-            ratios = [o[1] / t[1] for o, t in zip(r_ours, r_theirs, strict=True)]
-            pre = C.median(x[0] for x in r_ours) / C.median(x[0] for x in r_theirs)
-            rows.append([f"{C.label(family, bits, layers)}, {args.dtype}",
-                         C.fmt(C.median(x[1] for x in r_ours)),
-                         C.fmt(C.median(x[1] for x in r_theirs)), C.fmt(dec, 3),
-                         f"{min(ratios):.3f}–{max(ratios):.3f}",
-                         C.fmt(C.median(x[0] for x in r_ours), 1),
-                         C.fmt(C.median(x[0] for x in r_theirs), 1), C.fmt(pre, 3),
-                         "yes" if same else "NO"])
-            print(rows[-1], flush=True)
-            C.free(target)
-            del target
-            C.free()
-    body = C.table(["model (random weights)", "ours tok/s", "mlx-lm tok/s", "ratio",
+    for label, make in targets(args, dtype):
+        target = make()
+        prompt = C.prompt_tokens(args.prompt)
+        ours(target, prompt, 2)  # warm-up both
+        theirs(target, prompt, 2)
+        r_ours, r_theirs, same = [], [], True
+        for _ in range(args.runs):
+            a = ours(target, prompt, args.tokens)
+            b_ = theirs(target, prompt, args.tokens)
+            r_ours.append(a[1:])
+            r_theirs.append(b_[1:])
+            same &= a[0] == b_[0]
+        dec = C.median(x[1] for x in r_ours) / C.median(x[1] for x in r_theirs)
+        ratios = [o[1] / t[1] for o, t in zip(r_ours, r_theirs, strict=True)]
+        pre = C.median(x[0] for x in r_ours) / C.median(x[0] for x in r_theirs)
+        rows.append([label,
+                     C.fmt(C.median(x[1] for x in r_ours)),
+                     C.fmt(C.median(x[1] for x in r_theirs)), C.fmt(dec, 3),
+                     f"{min(ratios):.3f}–{max(ratios):.3f}",
+                     C.fmt(C.median(x[0] for x in r_ours), 1),
+                     C.fmt(C.median(x[0] for x in r_theirs), 1), C.fmt(pre, 3),
+                     "yes" if same else "NO"])
+        print(rows[-1], flush=True)
+        C.free(target)
+        del target
+        C.free()
+    body = C.table(["model", "ours tok/s", "mlx-lm tok/s", "ratio",
                     "per-run ratio range", "ours prefill tok/s", "mlx-lm prefill tok/s",
                     "prefill ratio", "same tokens"], rows)
     notes = (f"Prompt {args.prompt} random tokens, {args.tokens} new tokens, greedy, "
              f"{args.runs} alternated runs after a warm-up, medians. Ours: "
              "`Decoder(target, None)`; mlx-lm: `generate_step` (argmax sampler, its own "
-             "RotatingKVCache, async_eval pipelining) on the same `gemma4_text.Model`.")
+             "RotatingKVCache, async_eval pipelining) on the same mlx-lm model object.")
     C.report("Plain decoding: ours vs mlx-lm", body, args.append, notes)
 
 
