@@ -30,6 +30,7 @@ from .cli_options import (
     DType,
     DTypeOpt,
     GroupSize,
+    IgnoreEosOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelOpt,
@@ -264,6 +265,7 @@ def generate(
     no_draft: NoDraftOpt = False,
     num_draft: NumDraftOpt = None,
     draft_schedule: ScheduleOpt = None,
+    ignore_eos: IgnoreEosOpt = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object (text, token ids, stats) on stdout.")
     ] = False,
@@ -298,6 +300,7 @@ def generate(
         use_drafter=use_drafter,
         stop_strings=tuple(stop or ()),
         decoder=decoder,
+        ignore_eos=ignore_eos,
     )
     if json_out:
         answer, token_ids, stats = "", [], None
@@ -347,6 +350,7 @@ def chat(
     no_draft: NoDraftOpt = False,
     num_draft: NumDraftOpt = None,
     draft_schedule: ScheduleOpt = None,
+    ignore_eos: IgnoreEosOpt = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
 ) -> None:
@@ -447,6 +451,7 @@ def chat(
                     use_drafter=use_drafter,
                     session=convo.session,
                     decoder=decoder,
+                    ignore_eos=ignore_eos,
                 ):
                     answer += chunk.tokens
                     stats = chunk.stats

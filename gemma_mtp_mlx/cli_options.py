@@ -87,3 +87,9 @@ class DrafterBits(str, Enum):
     four = "4"
     eight = "8"
     none = "none"
+
+
+IgnoreEosOpt = Annotated[
+    bool,
+    typer.Option("--ignore-eos", help="Do not stop at end-of-sequence tokens (run to -n)."),
+]

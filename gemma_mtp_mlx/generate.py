@@ -131,6 +131,7 @@ def stream_generate(
     stop_strings: tuple[str, ...] = (),
     session: Session | None = None,
     decoder: Decoder | None = None,
+    ignore_eos: bool = False,
 ) -> Iterator[Chunk]:
     """Yield text as it is decoded. `session` carries a conversation's cache (chat)."""
     drafter = pair.drafter if use_drafter else None
@@ -143,7 +144,8 @@ def stream_generate(
     stats = Stats(prompt_tokens=len(prompt_ids) + (session.pending is not None))
     t0 = time.perf_counter()
     text, shown = "", 0  # all text so far; how much of it was yielded
-    for event in decoder.generate(session, prompt_ids, max_tokens, schedule, pair.eos_ids):
+    eos = () if ignore_eos else pair.eos_ids  # ignore_eos: run to max_tokens (benchmarks, tests)
+    for event in decoder.generate(session, prompt_ids, max_tokens, schedule, eos):
         now = time.perf_counter()
         if event.round is None:
             stats.prefill_seconds = stats.ttft_s = now - t0

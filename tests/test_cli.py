@@ -280,7 +280,9 @@ def test_piped_stdin_in_a_real_process():
 
 
 def test_ctrl_c_prints_interrupted():
-    cmd = subprocess_cli("generate", "-m", E2B, "--prompt", "hi", *FAST[:2], "-n", "5000")
+    cmd = subprocess_cli(
+        "generate", "-m", E2B, "--prompt", "hi", *FAST[:2], "-n", "5000", "--ignore-eos"
+    )
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -498,3 +500,14 @@ def test_distill_writes_a_loadable_drafter(tmp_path):
 def test_distill_missing_model():
     result = run("distill", "-m", "/no/such/model", "-o", "/tmp/never")
     assert result.exit_code == 1 and "gemma-mtp convert" in result.stderr
+
+
+def test_ignore_eos_runs_to_max_tokens():
+    base = ["generate", "-m", E2B, "--prompt", "hi", "--dtype", "float32", "--json"]
+    stopped = json.loads(run(*base, "-n", "400").stdout)
+    assert stopped["finish_reason"] == "stop"  # this prompt meets an EOS id early
+    n = stopped["generated_tokens"] + 5
+    full = json.loads(run(*base, "-n", str(n), "--ignore-eos").stdout)
+    assert full["finish_reason"] == "length" and full["generated_tokens"] == n
+    assert full["token_ids"][: len(stopped["token_ids"])] == stopped["token_ids"]
+

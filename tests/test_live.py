@@ -212,7 +212,7 @@ def test_chat_ctrl_c_stops_an_answer_and_keeps_the_conversation(tmp_path):
     tmux = Tmux(tmp_path / "tmux.sock")
     chat = shlex.join(
         [sys.executable, "-m", "gemma_mtp_mlx", "chat", "-m", str(E2B), "--dtype", "float32",
-         "--max-tokens", "100000"]
+         "--max-tokens", "100000", "--ignore-eos"]
     )  # fmt: skip
     shell = f"cd {shlex.quote(str(ROOT))} && {chat}; echo CHAT-EXIT=$?; sleep 120"
     tmux("new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell)
