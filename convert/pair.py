@@ -160,6 +160,7 @@ def write_atomically(out: Path, build) -> None:
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         manifest = {
             "tool": "gemma-mtp",

@@ -45,6 +45,7 @@ from .cli_options import (
     TopPOpt,
 )
 from .errors import CliError, fail, say
+from .fallback import BUNDLED_NAME
 from .live import PlainView, is_terminal, make_view, stats_line, status_panel
 
 DEFAULT_BITS = 4
@@ -198,6 +199,9 @@ def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | N
     from .loading import DrafterLoadError, ModelLoadError, load_pair
 
     path = resolve_model_path(spec)
+    if path.name == BUNDLED_NAME and drafter is None and not (path / "drafter").is_dir():
+        say("note: no drafter is bundled for Gemma 3 270M yet: plain decoding")
+        no_draft = True
     try:
         pair = load_pair(
             path,
