@@ -11,8 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx_lm.models import gemma3_text
 
-from .cache import KVCache, SlidingKVCache
-from .gemma4 import DRAFTER_SLIDING_SPAN_EXTRA
+from .target import Target
 
 
 def layer_types(args: gemma3_text.ModelArgs) -> list[str]:
@@ -23,7 +22,7 @@ def layer_types(args: gemma3_text.ModelArgs) -> list[str]:
     ]
 
 
-class Gemma3Target:
+class Gemma3Target(Target):
     """Wraps a loaded `mlx_lm.models.gemma3_text.Model`."""
 
     def __init__(self, lm: gemma3_text.Model):
@@ -35,28 +34,7 @@ class Gemma3Target:
         self.head_dim = self.args.head_dim
         self.global_head_dim = self.args.head_dim  # one head size for both layer types
         self.layer_types = layer_types(self.args)
-        types = self.layer_types
-        self.kv_source = {t: max(i for i, lt in enumerate(types) if lt == t) for t in set(types)}
         self.embed_scale = mx.array(self.hidden_size**0.5, mx.bfloat16)
-
-    @property
-    def dtype(self):
-        return self.lm.model.norm.weight.dtype
-
-    def make_cache(self, max_rollback: int = 64) -> list:
-        window = self.sliding_window
-        return [
-            KVCache() if t == "full_attention" else SlidingKVCache(window, max_rollback)
-            for t in self.layer_types
-        ]
-
-    def __call__(self, tokens: mx.array, cache: list) -> tuple[mx.array, mx.array]:
-        """Run `tokens` [B, L]: (logits [B, L, V], post-norm hidden [B, L, H])."""
-        hidden = self.hidden(tokens, cache)
-        return self.logits(hidden), hidden
-
-    def hidden(self, tokens: mx.array, cache: list | None) -> mx.array:
-        return self.lm.model(tokens, cache=cache)
 
     def logits(self, hidden: mx.array) -> mx.array:
         if self.lm.tie_word_embeddings:
@@ -66,16 +44,6 @@ class Gemma3Target:
     def embed(self, tokens: mx.array) -> mx.array:
         h = self.lm.model.embed_tokens(tokens)
         return h * self.embed_scale.astype(h.dtype)
-
-    def shared_kv(self, cache: list) -> dict[str, tuple[mx.array, mx.array]]:
-        out = {}
-        for layer_type, idx in self.kv_source.items():
-            c = cache[idx]
-            if isinstance(c, SlidingKVCache):
-                out[layer_type] = c.fetch_last(c.window + DRAFTER_SLIDING_SPAN_EXTRA)
-            else:
-                out[layer_type] = (c.keys[..., : c.offset, :], c.values[..., : c.offset, :])
-        return out
 
     def rope_parameters(self) -> dict:
         """Rope settings per layer type, in Gemma 4's `rope_parameters` form (for drafters)."""
