@@ -1,4 +1,6 @@
 PY ?= python3
+# A Python with torch==2.13.0 and transformers==5.17.0 (fixtures only; never CI)
+FIXTURE_PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
