@@ -283,8 +283,11 @@ def test_ctrl_c_prints_interrupted():
     cmd = subprocess_cli(
         "generate", "-m", E2B, "--prompt", "hi", *FAST[:2], "-n", "5000", "--ignore-eos"
     )
+    # As from a terminal: a run started in the background (nohup, `&` in a script) inherits
+    # SIGINT ignored, and Python keeps it so.
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         os.set_blocking(proc.stdout.fileno(), True)
