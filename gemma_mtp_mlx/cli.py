@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -44,17 +43,9 @@ from .cli_options import (
     TopKOpt,
     TopPOpt,
 )
-from .errors import CliError, fail, say
-from .fallback import BUNDLED_NAME
+from .errors import CliError, fail, first_line, say
 from .live import PlainView, is_terminal, make_view, stats_line, status_panel
-
-DEFAULT_BITS = 4
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+from .resolve import load_model, make_decoder
 
 
 class _Group(TyperGroup):
@@ -101,7 +92,7 @@ def _click_failure(e: Exception) -> int:
         return 130
     if os.environ.get("GEMMA_MTP_DEBUG"):
         raise e
-    name, line = type(e).__name__, _first_line(e)
+    name, line = type(e).__name__, first_line(e)
     say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
     return 1
 
@@ -156,76 +147,6 @@ def _check_draft_options(no_draft: bool, num_draft: int | None, drafter: Path | 
         fail("--drafter and --no-draft exclude each other", 2)
     if num_draft is not None and not 1 <= num_draft <= MAX_DRAFT:
         fail(f"--num-draft must be in 1..{MAX_DRAFT} (use --no-draft for none)", 2)
-
-
-def resolve_model_path(spec: str) -> Path:
-    """A local folder as is; a hub repo id through the converter (download + convert once)."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            fail(f"{spec}: not a folder (make a model folder with `gemma-mtp convert`)")
-        return path
-    if HUB_ID.match(spec):
-        try:
-            from .convert import HubUnreachable, resolve_model
-        except ImportError:
-            fail(
-                f"{spec}: no such folder, and fetching hub models needs the converter "
-                "(gemma_mtp_mlx.convert), which is not installed; "
-                "make a folder with `gemma-mtp convert`"
-            )
-        try:
-            return Path(resolve_model(spec, bits=DEFAULT_BITS, progress=is_terminal(sys.stderr)))
-        except HubUnreachable as e:
-            if spec != DEFAULT_MODEL:
-                fail(f"{spec}: {_first_line(e)} (or convert it yourself with `gemma-mtp convert`)")
-            from .fallback import NOTICE, bundled_pair
-
-            say(NOTICE)
-            try:
-                return bundled_pair(progress=is_terminal(sys.stderr))
-            except (ValueError, OSError) as e2:
-                fail(f"the bundled fallback model is unavailable: {_first_line(e2)}")
-        except (ValueError, OSError) as e:  # ConvertError, ModelLoadError, network
-            fail(f"{spec}: {_first_line(e)} (or convert it yourself with `gemma-mtp convert`)")
-    fail(
-        f"{spec}: no such model folder (make one with "
-        "`gemma-mtp convert --target google/gemma-4-E4B-it -o DIR`, or pass a hub repo id)"
-    )
-
-
-def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | None):
-    """The model pair, or one line saying what is wrong (never a silent fallback)."""
-    from .loading import DrafterLoadError, ModelLoadError, load_pair
-
-    path = resolve_model_path(spec)
-    if path.name == BUNDLED_NAME and drafter is None and not (path / "drafter").is_dir():
-        say("note: no drafter is bundled for Gemma 3 270M yet: plain decoding")
-        no_draft = True
-    try:
-        pair = load_pair(
-            path,
-            drafter_path=drafter,
-            use_drafter=not no_draft,
-            dtype=dtype.value if dtype else None,
-        )
-    except ModelLoadError as e:
-        msg = _first_line(e)
-        if isinstance(e, DrafterLoadError) and "--no-draft" not in msg:
-            msg += " (pass --no-draft to run the target alone)"
-        fail(msg)
-    return pair
-
-
-def make_decoder(pair, sampling, use_drafter: bool, prompt_ids: list[int]):
-    """A Decoder whose greedy safety margin is measured now, so it does not count in TTFT."""
-    from .decoding import Decoder, calibrate_margin
-
-    drafter = pair.drafter if use_drafter else None
-    margin = None
-    if drafter is not None and sampling.greedy:
-        margin = calibrate_margin(pair.target, prompt_ids)
-    return Decoder(pair.target, drafter, sampling, greedy_margin=margin)
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -595,7 +516,7 @@ def convert(
             progress=is_terminal(sys.stderr),
         )
     except (ModelLoadError, ValueError, OSError) as e:  # ConvertError is a ValueError
-        fail(_first_line(e))
+        fail(first_line(e))
     sys.stdout.write(f"{path}\n")
     if is_terminal(sys.stdout):
         say(f"try it: gemma-mtp chat -m {path}")
@@ -647,7 +568,7 @@ def distill(
             lr=lr, seed=seed, prompts=str(prompts) if prompts else None,
         )
     except (ModelLoadError, ValueError, OSError) as e:
-        fail(_first_line(e))
+        fail(first_line(e))
     sys.stdout.write(json.dumps(summary) + "\n")
 
 

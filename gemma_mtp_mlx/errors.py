@@ -21,3 +21,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def say(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
