@@ -101,6 +101,7 @@ class Decoder:
         drafter=None,
         sampling: SamplingParams | None = None,
         greedy_margin: float | None = None,
+        verify_width: int = 0,
     ):
         self.target = target
         self.drafter = drafter
@@ -108,6 +109,9 @@ class Decoder:
         self.sampling.validate()
         self.margin = greedy_margin  # measured on first use when None
         self._ahead = None  # a queued plain step: (token, hidden)
+        if not 0 <= verify_width <= MAX_DRAFT + 1:
+            raise ValueError(f"verify width must be in 0..{MAX_DRAFT + 1}")
+        self.verify_width = verify_width  # pad verify passes to at least this many rows
         seed = self.sampling.seed if self.sampling.seed is not None else time.time_ns() % 2**31
         self.key = mx.random.key(seed)
 
@@ -157,15 +161,19 @@ class Decoder:
         Returns (new tokens, drafts accepted, whether a row was redone)."""
         drafts, q = self.draft(session, k)
         inputs = mx.concatenate([mx.array([session.pending], dtype=mx.uint32), *drafts])
-        logits, hidden = self.target(inputs[None], session.cache)  # verify: k+1 rows at once
-        logits, drafts = logits[0], inputs[1:]
+        # Optionally pad the verify to a width the hardware runs faster (rows after k+1
+        # cannot change earlier ones, and are rolled back with the rejected drafts).
+        fed = max(k + 1, self.verify_width)
+        padded = mx.pad(inputs, (0, fed - k - 1)) if fed > k + 1 else inputs
+        logits, hidden = self.target(padded[None], session.cache)  # verify: k+1 rows at once
+        logits, drafts = logits[0, : k + 1], inputs[1:]
         if self.sampling.greedy:
             accepted, next_token, unsure = self.accept_greedy(logits, drafts)
             if unsure is not None:
-                return self.redo_from(session, inputs, unsure, k)
+                return self.redo_from(session, inputs, unsure, fed)
         else:
             accepted, next_token = self.accept_sampled(logits, mx.stack(q), drafts)
-        rollback(session.cache, k - accepted)  # forget the rejected drafts
+        rollback(session.cache, fed - accepted - 1)  # forget the rejected drafts (and padding)
         session.carry = hidden[:, accepted : accepted + 1]
         return drafts[:accepted].tolist() + [next_token], accepted, False
 
@@ -190,10 +198,11 @@ class Decoder:
         n, next_token = mx.stack([n, next_token.astype(n.dtype)]).tolist()
         return n, next_token
 
-    def redo_from(self, session: Session, inputs, row: int, k: int) -> tuple[list[int], int, bool]:
+    def redo_from(self, session: Session, inputs, row: int, fed: int):
         """Keep the rows before `row`, recompute `row` on the single-token path (plain
-        decoding itself), so a near-tie resolves exactly as without the drafter."""
-        rollback(session.cache, k + 1 - row)
+        decoding itself), so a near-tie resolves exactly as without the drafter.
+        Returns what speculative_round returns."""
+        rollback(session.cache, fed - row)
         logits, session.carry = self.step(session, [inputs[row].item()])
         return inputs[1 : row + 1].tolist() + [mx.argmax(logits).item()], row, True
 

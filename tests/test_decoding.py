@@ -218,3 +218,22 @@ def test_plain_run_ahead_keeps_the_session_consistent(stop_after):
     assert session.length == len(prompt) + len(got)
     more, _, _, _ = run(p.target, None, [], n=5, session=session)
     assert got + more == want[: len(got) + 5]
+
+
+@pytest.mark.parametrize("width", [8, 17])
+def test_padded_verify_equals_plain(width):
+    """Verify passes padded to a fixed width (faster on some GPUs) change nothing."""
+    name = "dense31b_tiny"
+    p = pair(name)
+    prompt = reference(name)["prompt_ids"].tolist()
+    want = list(plain(name, "float32"))
+    for K in (1, 4, None):
+        drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.7, seed=3)
+        got, _, _, session = run(p.target, drafter, prompt, schedule=DraftSchedule(fixed=K),
+                                 verify_width=width)
+        assert got == want
+        assert session.length == len(prompt) + len(want)
+    forced, rounds, _, _ = run(p.target, ScriptedDrafter(p.drafter, want, len(prompt), 0.7),
+                               prompt, schedule=DraftSchedule(fixed=3), verify_width=width,
+                               greedy_margin=1e9)
+    assert forced == want and any(r.redone for r in rounds)
