@@ -21,10 +21,12 @@ import common as C
 from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
 from gemma_mtp_mlx.scripted import ScriptedDrafter
 
+VERIFY_WIDTH = 0  # --verify-width: pad verify passes to this many rows (0: k+1)
+
 
 def decode(target, drafter, prompt, n, k, margin, seed=0):
     """(tokens, decode tokens/s, rounds) for one greedy run; k=None: heuristic, 0: no draft."""
-    dec = Decoder(target, drafter, greedy_margin=margin)
+    dec = Decoder(target, drafter, greedy_margin=margin, verify_width=VERIFY_WIDTH)
     schedule = DraftSchedule(fixed=0) if drafter is None else DraftSchedule(fixed=k)
     tokens, rounds, t_first = [], [], None
     for ev in dec.generate(Session(target), prompt, n, schedule):
@@ -50,9 +52,13 @@ def main(argv=None):
     p.add_argument("--prompt", type=int, default=256)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--verify-width", type=int, default=0,
+                   help="pad each verify pass to this many rows (GPUs with slow small-M matmuls)")
     p.add_argument("--calibrate", action="store_true",
                    help="use the product's calibrated greedy margin (default 0: no redo rows)")
     args = p.parse_args(argv)
+    global VERIFY_WIDTH
+    VERIFY_WIDTH = args.verify_width
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
     rows = []
