@@ -108,7 +108,7 @@ def run_bench(pair, texts, max_tokens, runs, num_draft, make_decoder):
     modes = [("plain", False, None), ("mtp", True, None), ("mtp auto", True, "auto")]
     modes += [(f"mtp k={k}", True, k) for k in dict.fromkeys(num_draft)]
     prompt_ids = [encode_prompt(pair.tokenizer, t) for t in texts]
-    decoders = {name: make_decoder(pair, greedy, use, prompt_ids[0]) for name, use, _ in modes}
+    decoders = {name: make_decoder(pair, greedy, use) for name, use, _ in modes}
     for name, use, k in modes:  # warm up: compile kernels, allocate
         generate(
             pair,

@@ -215,7 +215,7 @@ def generate(
     if not ids:
         fail("empty prompt: it encodes to no tokens", 2)
     use_drafter = not no_draft
-    decoder = make_decoder(pair, sampling, use_drafter, ids)
+    decoder = make_decoder(pair, sampling, use_drafter)
     stream = stream_generate(
         pair,
         ids,
@@ -361,7 +361,7 @@ def chat(
         fed = convo.plan(message)
         cached = convo.cached
         if decoder is None:
-            decoder = make_decoder(pair, sampling, use_drafter, fed)
+            decoder = make_decoder(pair, sampling, use_drafter)
         view = make_view(use_drafter, title=f"turn {convo.turns + 1}")
         answer: list[int] = []
         stats = None

@@ -77,12 +77,9 @@ def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | N
     return pair
 
 
-def make_decoder(pair, sampling, use_drafter: bool, prompt_ids: list[int]):
-    """A Decoder whose greedy safety margin is measured now, so it does not count in TTFT."""
-    from .decoding import Decoder, calibrate_margin
+def make_decoder(pair, sampling, use_drafter: bool):
+    """A Decoder for the pair (MLX imported only here, so `--help` stays instant).
+    stream_generate measures its greedy safety margin before starting the TTFT clock."""
+    from .decoding import Decoder
 
-    drafter = pair.drafter if use_drafter else None
-    margin = None
-    if drafter is not None and sampling.greedy:
-        margin = calibrate_margin(pair.target, prompt_ids)
-    return Decoder(pair.target, drafter, sampling, greedy_margin=margin)
+    return Decoder(pair.target, pair.drafter if use_drafter else None, sampling)
