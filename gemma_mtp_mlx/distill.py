@@ -425,22 +425,9 @@ class _Tracker:
         self.progress.update(task, completed=completed)
 
 
-def distill_command(
-    model: str,
-    out: str,
-    init: str | None = None,
-    tokens: int = 200_000,
-    steps: int = 1000,
-    draft_depth: int = 3,
-    hidden: int | None = None,
-    vocab_subset: int = 16384,
-    batch: int = 8,
-    lr: float = 1e-3,
-    seed: int = 0,
-    prompts: str | None = None,
-    console=None,
-) -> dict:
-    """`gemma-mtp distill -m TARGET -o OUT ...`: load the target folder and run `distill`."""
+def distill_command(model: str, out: str, **options) -> dict:
+    """`gemma-mtp distill -m TARGET -o OUT ...`: load the target folder and run `distill`
+    (options as `distill` takes them)."""
     from mlx_lm.utils import load_tokenizer
 
     from .loading import load_target, resolve_pair_dirs
@@ -448,20 +435,4 @@ def distill_command(
     target_dir, _ = resolve_pair_dirs(Path(model))
     target = load_target(target_dir)
     tokenizer = load_tokenizer(target_dir)
-    return distill(
-        target,
-        tokenizer,
-        out,
-        target_dir=target_dir,
-        init=init,
-        tokens=tokens,
-        steps=steps,
-        draft_depth=draft_depth,
-        hidden=hidden,
-        vocab_subset=vocab_subset,
-        batch=batch,
-        lr=lr,
-        seed=seed,
-        prompts=prompts,
-        console=console,
-    )
+    return distill(target, tokenizer, out, target_dir=target_dir, **options)

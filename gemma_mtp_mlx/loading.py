@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
-from mlx_lm.utils import load_model, load_tokenizer
+from mlx_lm.utils import _get_classes, load_model, load_tokenizer
 
 from .models import gemma4_assistant
 from .models.gemma3 import Gemma3Target
@@ -90,17 +90,11 @@ def load_target(path: str | Path, dtype=None) -> Gemma4Target | Gemma3Target:
     if config.get("model_type") == "gemma4" and "vocab_size" not in config:
         # mlx-lm reads the wrapper's top-level vocab_size (default 262144).
         overrides["vocab_size"] = text_config(config).get("vocab_size", 262144)
-    model, _ = _load(path, _mlx_lm_classes, overrides, dtype, "target")
+    model, _ = _load(path, _get_classes, overrides, dtype, "target")
     lm = model.language_model if hasattr(model, "language_model") else model
     if config.get("model_type") == "gemma3_text":
         return Gemma3Target(lm)
     return Gemma4Target(lm)
-
-
-def _mlx_lm_classes(config: dict):
-    from mlx_lm.utils import _get_classes
-
-    return _get_classes(config)
 
 
 def _drafter_classes(config: dict):
