@@ -62,69 +62,63 @@ def main(argv=None):
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
     rows = []
-    for family in args.family:
-        for b in args.bits:
-            bits = C.bits_of(b)
-            layers = C.layers_for(family, args.layers)
-            target = C.build_target(family, bits, layers)
-            real = C.build_drafter(family, bits)
-            C.cast(target, dtype)
-            C.cast(real, dtype)
-            name = f"{C.label(family, bits, layers)}, {args.dtype}"
-            prompt = C.prompt_tokens(args.prompt)
-            margin = 0.0
-            if args.calibrate:
-                from gemma_mtp_mlx.decoding import calibrate_margin
-                margin = calibrate_margin(target, prompt)
-            plain, _, _ = decode(target, None, prompt, args.tokens, 0, margin)
-            cont = plain  # the token at absolute position len(prompt) + i
-            # Pass costs at the decoding context.
-            cache = C.fill_cache(target, args.prompt + args.tokens // 2)
-            t_draft = C.draft_cost(target, real, cache)
-            ks = sorted({k for k in args.k if k} | {8})
-            t_ver = {w: C.forward_cost(target, cache, w, reps=2)["total"]
-                     for w in [1] + [k + 1 for k in ks]}
-            C.free(cache)
-            for alpha in args.alpha:
-                speeds = {"plain": []}
-                info = {}
-                for run in range(args.runs):  # alternate configurations within each run
-                    _, tps, _ = decode(target, None, prompt, args.tokens, 0, margin)
-                    speeds["plain"].append(tps)
-                    for k in args.k:
-                        sd = ScriptedDrafter(real, cont, len(prompt), alpha, seed=run)
-                        toks, tps, rounds = decode(target, sd, prompt, args.tokens,
-                                                   k or None, margin, seed=run)
-                        same = toks == plain
-                        speeds.setdefault(k, []).append(tps)
-                        drafted = sum(r.draft_len for r in rounds)
-                        acc = sum(r.accepted for r in rounds) / max(drafted, 1)
-                        tpr = sum(r.emitted for r in rounds) / max(len(rounds), 1)
-                        info.setdefault(k, []).append((acc, tpr, same))
-                base = C.median(speeds["plain"])
+    for family, bits, layers, target in C.targets(args, dtype):
+        real = C.drafter_for(family, bits, dtype)
+        name = f"{C.label(family, bits, layers)}, {args.dtype}"
+        prompt = C.prompt_tokens(args.prompt)
+        margin = 0.0
+        if args.calibrate:
+            from gemma_mtp_mlx.decoding import calibrate_margin
+            margin = calibrate_margin(target, prompt)
+        plain, _, _ = decode(target, None, prompt, args.tokens, 0, margin)
+        cont = plain  # the token at absolute position len(prompt) + i
+        # Pass costs at the decoding context.
+        cache = C.fill_cache(target, args.prompt + args.tokens // 2)
+        t_draft = C.draft_cost(target, real, cache)
+        ks = sorted({k for k in args.k if k} | {8})
+        t_ver = {w: C.forward_cost(target, cache, w, reps=2)["total"]
+                 for w in [1] + [k + 1 for k in ks]}
+        C.free(cache)
+        for alpha in args.alpha:
+            speeds = {"plain": []}
+            info = {}
+            for run in range(args.runs):  # alternate configurations within each run
+                _, tps, _ = decode(target, None, prompt, args.tokens, 0, margin)
+                speeds["plain"].append(tps)
                 for k in args.k:
-                    acc = C.median(a for a, _, _ in info[k])
-                    tpr = C.median(t for _, t, _ in info[k])
-                    lossless = all(s for _, _, s in info[k])
-                    meas = C.median(speeds[k]) / base
-                    if k:
-                        round_cost = (t_ver[k + 1] + k * t_draft) / t_ver[1]
-                        ideal = expected(alpha, k) / round_cost
-                        ideal_m = tpr / round_cost  # at the measured tokens/round
-                        ideal_s, share = C.fmt(ideal), C.fmt(meas / ideal_m)
-                        ideal_s += f" ({C.fmt(ideal_m)})"
-                    else:
-                        ideal_s, share = "—", "—"
-                    rows.append([name, alpha, k or "heur.", C.fmt(acc), C.fmt(tpr),
-                                 C.fmt(C.median(speeds[k])), C.fmt(base), C.fmt(meas),
-                                 ideal_s, share, "yes" if lossless else "NO"])
-                    print(rows[-1], flush=True)
-            costs = ", ".join(f"t_verify({w})={t * 1e3:.0f} ms" for w, t in t_ver.items())
-            rows.append([name, "costs", f"t_draft={t_draft * 1e3:.1f} ms, {costs}",
-                         "", "", "", "", "", "", "", ""])
-            C.free(target, real)
-            del target, real
-            C.free()
+                    sd = ScriptedDrafter(real, cont, len(prompt), alpha, seed=run)
+                    toks, tps, rounds = decode(target, sd, prompt, args.tokens,
+                                               k or None, margin, seed=run)
+                    same = toks == plain
+                    speeds.setdefault(k, []).append(tps)
+                    drafted = sum(r.draft_len for r in rounds)
+                    acc = sum(r.accepted for r in rounds) / max(drafted, 1)
+                    tpr = sum(r.emitted for r in rounds) / max(len(rounds), 1)
+                    info.setdefault(k, []).append((acc, tpr, same))
+            base = C.median(speeds["plain"])
+            for k in args.k:
+                acc = C.median(a for a, _, _ in info[k])
+                tpr = C.median(t for _, t, _ in info[k])
+                lossless = all(s for _, _, s in info[k])
+                meas = C.median(speeds[k]) / base
+                if k:
+                    round_cost = (t_ver[k + 1] + k * t_draft) / t_ver[1]
+                    ideal = expected(alpha, k) / round_cost
+                    ideal_m = tpr / round_cost  # at the measured tokens/round
+                    ideal_s, share = C.fmt(ideal), C.fmt(meas / ideal_m)
+                    ideal_s += f" ({C.fmt(ideal_m)})"
+                else:
+                    ideal_s, share = "—", "—"
+                rows.append([name, alpha, k or "heur.", C.fmt(acc), C.fmt(tpr),
+                             C.fmt(C.median(speeds[k])), C.fmt(base), C.fmt(meas),
+                             ideal_s, share, "yes" if lossless else "NO"])
+                print(rows[-1], flush=True)
+        costs = ", ".join(f"t_verify({w})={t * 1e3:.0f} ms" for w, t in t_ver.items())
+        rows.append([name, "costs", f"t_draft={t_draft * 1e3:.1f} ms, {costs}",
+                     "", "", "", "", "", "", "", ""])
+        C.free(target, real)
+        del target, real
+        C.free()
     body = C.table(["model (random weights)", "α", "K", "accept rate", "tokens/round",
                     "tok/s", "no-draft tok/s", "speedup", "ideal (at measured tok/round)",
                     "measured / ideal at measured tok/round",

@@ -306,6 +306,26 @@ def cast(model_or_target, dtype) -> None:
     mx.eval(m.parameters())
 
 
+def targets(args, dtype):
+    """(family, bits, layers, target) for each --family x --bits: random weights at the
+    real shape, cast to the compute dtype."""
+    for family in args.family:
+        for b in args.bits:
+            bits = bits_of(b)
+            layers = layers_for(family, args.layers)
+            target = build_target(family, bits, layers)
+            cast(target, dtype)
+            yield family, bits, layers, target
+            del target  # before building the next one: one model in memory at a time
+            free()
+
+
+def drafter_for(family: str, bits: int | None, dtype):
+    drafter = build_drafter(family, bits)
+    cast(drafter, dtype)
+    return drafter
+
+
 def fill_cache(target: Gemma4Target, context: int, max_rollback: int = 17) -> list:
     """A target cache holding `context` positions of random K/V (no prefill needed)."""
     from gemma_mtp_mlx.models.cache import cache_offset

@@ -36,28 +36,22 @@ def main(argv=None):
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
     rows = []
-    for family in args.family:
-        for b in args.bits:
-            bits = C.bits_of(b)
-            layers = C.layers_for(family, args.layers)
-            target = C.build_target(family, bits, layers)
-            C.cast(target, dtype)
-            prompt = C.prompt_tokens(args.prompt)
-            plain = peak(target, None, prompt, args.tokens, 0)
-            drafter = C.build_drafter(family, bits)
-            C.cast(drafter, dtype)
-            w_t, w_d = C.nbytes(target.lm), C.nbytes(drafter)
-            spec = peak(target, drafter, prompt, args.tokens, args.k)
-            extra = spec - plain - w_d
-            rows.append([f"{C.label(family, bits, layers)}, {args.dtype}",
-                         C.fmt(w_t / 1e9, 3), C.fmt(w_d / 1e9, 3), C.fmt(plain / 1e9, 3),
-                         C.fmt(spec / 1e9, 3), C.fmt(extra / 1e6, 1),
-                         C.fmt(100 * extra / plain, 2),
-                         "yes" if extra <= 0.05 * plain else "NO"])
-            print(rows[-1], flush=True)
-            C.free(target, drafter)
-            del target, drafter
-            C.free()
+    for family, bits, layers, target in C.targets(args, dtype):
+        prompt = C.prompt_tokens(args.prompt)
+        plain = peak(target, None, prompt, args.tokens, 0)
+        drafter = C.drafter_for(family, bits, dtype)  # after the plain run: not in its peak
+        w_t, w_d = C.nbytes(target.lm), C.nbytes(drafter)
+        spec = peak(target, drafter, prompt, args.tokens, args.k)
+        extra = spec - plain - w_d
+        rows.append([f"{C.label(family, bits, layers)}, {args.dtype}",
+                     C.fmt(w_t / 1e9, 3), C.fmt(w_d / 1e9, 3), C.fmt(plain / 1e9, 3),
+                     C.fmt(spec / 1e9, 3), C.fmt(extra / 1e6, 1),
+                     C.fmt(100 * extra / plain, 2),
+                     "yes" if extra <= 0.05 * plain else "NO"])
+        print(rows[-1], flush=True)
+        C.free(target, drafter)
+        del target, drafter
+        C.free()
     body = C.table(["model (random weights)", "target weights GB", "drafter weights GB",
                     "peak plain GB", f"peak with drafter (K={args.k}) GB",
                     "extra beyond drafter weights MB", "extra % of plain peak", "within 5 %"],

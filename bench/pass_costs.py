@@ -25,34 +25,28 @@ def main(argv=None):
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
     rows = []
-    for family in args.family:
-        for b in args.bits:
-            bits = C.bits_of(b)
-            layers = C.layers_for(family, args.layers)
-            target = C.build_target(family, bits, layers)
-            drafter = C.build_drafter(family, bits)
-            C.cast(target, dtype)
-            C.cast(drafter, dtype)
-            n_layers = target.args.num_hidden_layers
-            full = C.TARGETS[family]["num_hidden_layers"]
-            name = f"{C.label(family, bits, layers)}, {args.dtype}"
-            for ctx in args.contexts:
-                cache = C.fill_cache(target, ctx)
-                d = C.draft_cost(target, drafter, cache, reps=max(3, args.reps))
-                one = None
-                for w in args.widths:
-                    c = C.forward_cost(target, cache, w, reps=args.reps)
-                    one = one or c["total"]
-                    est = c["head"] + c["body"] * full / n_layers
-                    rows.append([name, ctx, w, C.fmt(c["body"] * 1e3, 1), C.fmt(c["head"] * 1e3, 1),
-                                 C.fmt(c["total"] * 1e3, 1), C.fmt(c["total"] / one, 2),
-                                 C.fmt(est * 1e3, 0) if n_layers < full else "(measured)",
-                                 C.fmt(d * 1e3, 1)])
-                    print(rows[-1], flush=True)
-                C.free(cache)
-            C.free(target, drafter)
-            del target, drafter
-            C.free()
+    for family, bits, layers, target in C.targets(args, dtype):
+        drafter = C.drafter_for(family, bits, dtype)
+        n_layers = target.args.num_hidden_layers
+        full = C.TARGETS[family]["num_hidden_layers"]
+        name = f"{C.label(family, bits, layers)}, {args.dtype}"
+        for ctx in args.contexts:
+            cache = C.fill_cache(target, ctx)
+            d = C.draft_cost(target, drafter, cache, reps=max(3, args.reps))
+            one = None
+            for w in args.widths:
+                c = C.forward_cost(target, cache, w, reps=args.reps)
+                one = one or c["total"]
+                est = c["head"] + c["body"] * full / n_layers
+                rows.append([name, ctx, w, C.fmt(c["body"] * 1e3, 1), C.fmt(c["head"] * 1e3, 1),
+                             C.fmt(c["total"] * 1e3, 1), C.fmt(c["total"] / one, 2),
+                             C.fmt(est * 1e3, 0) if n_layers < full else "(measured)",
+                             C.fmt(d * 1e3, 1)])
+                print(rows[-1], flush=True)
+            C.free(cache)
+        C.free(target, drafter)
+        del target, drafter
+        C.free()
     body = C.table(["model (random weights)", "context", "query tokens", "body ms", "LM head ms",
                     "forward ms", "× 1-token", "full-depth est. ms", "drafter step ms"], rows)
     notes = (f"Medians of {args.reps} runs after a warm-up. `body` = embeddings + decoder "
