@@ -1,7 +1,7 @@
 """Speculative decoding at a controlled acceptance rate, real shapes, random weights.
 
     .venv/bin/python bench/acceptance.py --family E2B E4B --bits 4 --alpha 0.5 0.7 0.8 0.9 \
-        --k 2 4 6 8 0 --tokens 64 --runs 3 --append          (K 0 = heuristic schedule)
+        --k 2 4 6 8 0 -1 --tokens 64 --runs 3 --append   (K 0 = heuristic, -1 = auto schedule)
 
 The target first decodes greedily without the drafter to learn its continuation; then the
 loop runs with ScriptedDrafter(real drafter, continuation, start, alpha): the real drafter
@@ -19,15 +19,25 @@ import time
 import common as C
 
 from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
+from gemma_mtp_mlx.schedule import AutoSchedule
 from gemma_mtp_mlx.scripted import ScriptedDrafter
 
-VERIFY_WIDTH = 0  # --verify-width: pad verify passes to this many rows (0: k+1)
+HEURISTIC, AUTO = 0, -1  # --k values that name a schedule instead of a fixed K
 
 
-def decode(target, drafter, prompt, n, k, margin, seed=0):
-    """(tokens, decode tokens/s, rounds) for one greedy run; k=None: heuristic, 0: no draft."""
-    dec = Decoder(target, drafter, greedy_margin=margin, verify_width=VERIFY_WIDTH)
-    schedule = DraftSchedule(fixed=0) if drafter is None else DraftSchedule(fixed=k)
+def schedule_for(drafter, k):
+    if drafter is None:
+        return DraftSchedule(fixed=0)
+    if k == AUTO:
+        return AutoSchedule()
+    return DraftSchedule(fixed=None if k == HEURISTIC else k)
+
+
+def decode(target, drafter, prompt, n, k, margin, seed=0, width=0):
+    """(tokens, decode tokens/s, rounds) for one greedy run; k: K, HEURISTIC or AUTO;
+    width: pad verify passes to this many rows (0: K+1)."""
+    dec = Decoder(target, drafter, greedy_margin=margin, verify_width=width)
+    schedule = schedule_for(drafter, k)
     tokens, rounds, t_first = [], [], None
     for ev in dec.generate(Session(target), prompt, n, schedule):
         if ev.round is None:
@@ -47,18 +57,17 @@ def main(argv=None):
     p = C.base_parser(__doc__)
     C.add_model_args(p)
     p.add_argument("--alpha", nargs="+", type=float, default=[0.5, 0.7, 0.8, 0.9])
-    p.add_argument("--k", nargs="+", type=int, default=[2, 4, 6, 8, 0],
-                   help="fixed draft lengths; 0 = the heuristic schedule")
+    p.add_argument("--k", nargs="+", type=int, default=[2, 4, 6, 8, HEURISTIC, AUTO],
+                   help="fixed draft lengths; 0 = the heuristic schedule, -1 = auto")
     p.add_argument("--prompt", type=int, default=256)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--verify-width", type=int, default=0,
-                   help="pad each verify pass to this many rows (GPUs with slow small-M matmuls)")
+    p.add_argument("--verify-width", nargs="+", type=int, default=[0],
+                   help="verify pass widths to compare: pad each verify pass to this many rows "
+                        "(GPUs with slow small-M matmuls); 0 = K+1")
     p.add_argument("--calibrate", action="store_true",
                    help="use the product's calibrated greedy margin (default 0: no redo rows)")
     args = p.parse_args(argv)
-    global VERIFY_WIDTH
-    VERIFY_WIDTH = args.verify_width
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
     rows = []
@@ -75,9 +84,9 @@ def main(argv=None):
         # Pass costs at the decoding context.
         cache = C.fill_cache(target, args.prompt + args.tokens // 2)
         t_draft = C.draft_cost(target, real, cache)
-        ks = sorted({k for k in args.k if k} | {8})
-        t_ver = {w: C.forward_cost(target, cache, w, reps=2)["total"]
-                 for w in [1] + [k + 1 for k in ks]}
+        ks = sorted({k for k in args.k if k > 0} | {8})
+        widths = {1} | {k + 1 for k in ks} | {w for w in args.verify_width if w}
+        t_ver = {w: C.forward_cost(target, cache, w, reps=2)["total"] for w in sorted(widths)}
         C.free(cache)
         for alpha in args.alpha:
             speeds = {"plain": []}
@@ -86,31 +95,36 @@ def main(argv=None):
                 _, tps, _ = decode(target, None, prompt, args.tokens, 0, margin)
                 speeds["plain"].append(tps)
                 for k in args.k:
-                    sd = ScriptedDrafter(real, cont, len(prompt), alpha, seed=run)
-                    toks, tps, rounds = decode(target, sd, prompt, args.tokens,
-                                               k or None, margin, seed=run)
-                    same = toks == plain
-                    speeds.setdefault(k, []).append(tps)
-                    drafted = sum(r.draft_len for r in rounds)
-                    acc = sum(r.accepted for r in rounds) / max(drafted, 1)
-                    tpr = sum(r.emitted for r in rounds) / max(len(rounds), 1)
-                    info.setdefault(k, []).append((acc, tpr, same))
+                    for width in args.verify_width if k > 0 else [0]:
+                        sd = ScriptedDrafter(real, cont, len(prompt), alpha, seed=run)
+                        toks, tps, rounds = decode(target, sd, prompt, args.tokens, k, margin,
+                                                   seed=run, width=width)
+                        drafted = sum(r.draft_len for r in rounds)
+                        acc = sum(r.accepted for r in rounds) / max(drafted, 1)
+                        tpr = sum(r.emitted for r in rounds) / max(len(rounds), 1)
+                        mean_k = drafted / max(len(rounds), 1)
+                        speeds.setdefault((k, width), []).append(tps)
+                        info.setdefault((k, width), []).append((acc, tpr, toks == plain, mean_k))
             base = C.median(speeds["plain"])
-            for k in args.k:
-                acc = C.median(a for a, _, _ in info[k])
-                tpr = C.median(t for _, t, _ in info[k])
-                lossless = all(s for _, _, s in info[k])
-                meas = C.median(speeds[k]) / base
-                if k:
-                    round_cost = (t_ver[k + 1] + k * t_draft) / t_ver[1]
+            for (k, width), runs in info.items():
+                acc = C.median(r[0] for r in runs)
+                tpr = C.median(r[1] for r in runs)
+                lossless = all(r[2] for r in runs)
+                meas = C.median(speeds[k, width]) / base
+                if k > 0:
+                    w = max(width, k + 1)
+                    round_cost = (t_ver[w] + k * t_draft) / t_ver[1]
                     ideal = expected(alpha, k) / round_cost
                     ideal_m = tpr / round_cost  # at the measured tokens/round
                     ideal_s, share = C.fmt(ideal), C.fmt(meas / ideal_m)
                     ideal_s += f" ({C.fmt(ideal_m)})"
+                    k_s = f"{k}" + (f" (verify {width} rows)" if width else "")
                 else:
                     ideal_s, share = "—", "—"
-                rows.append([name, alpha, k or "heur.", C.fmt(acc), C.fmt(tpr),
-                             C.fmt(C.median(speeds[k])), C.fmt(base), C.fmt(meas),
+                    k_s = ("heur." if k == HEURISTIC else "auto") + \
+                        f" (mean K {C.median(r[3] for r in runs):.1f})"
+                rows.append([name, alpha, k_s, C.fmt(acc), C.fmt(tpr),
+                             C.fmt(C.median(speeds[k, width])), C.fmt(base), C.fmt(meas),
                              ideal_s, share, "yes" if lossless else "NO"])
                 print(rows[-1], flush=True)
         costs = ", ".join(f"t_verify({w})={t * 1e3:.0f} ms" for w, t in t_ver.items())

@@ -277,9 +277,13 @@ def distill(
     eval_every: int = 250,
     ckpt_every: int = 100,
     eval_k: int = 4,
+    time_budget: float | None = None,
     console=None,
 ) -> dict:
-    """Generate data, train, evaluate and write a drafter folder at `out`; returns a summary."""
+    """Generate data, train, evaluate and write a drafter folder at `out`; returns a summary.
+
+    `time_budget` (seconds of training, data generation not counted): stop early, keeping
+    the drafter trained so far (the summary says at which step)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -369,6 +373,9 @@ def distill(
         trained_tokens = 0
         history = []
         while step < steps:
+            if time_budget is not None and time.perf_counter() - t_train > time_budget:
+                say(f"time budget reached: stopping at step {step} of {steps}")
+                break
             i0 = (step * batch) % n_rows
             idx = mx.array([(i0 + j) % n_rows for j in range(batch)])
             x = rows_data[idx]
@@ -402,6 +409,7 @@ def distill(
         "generate_seconds": gen_seconds,
         "train_seconds": train_seconds,
         "trained_tokens": trained_tokens,
+        "steps": step,
         "seconds_per_million_tokens": train_seconds / max(trained_tokens, 1) * 1e6,
         "peak_rss_mib": peak,
         "before": before,

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmarks and distillation on a lent CUDA machine (this workplace's `device` tool), MLX
+# from wheels staged by ../shared/device/mlx-cuda-wheels.sh. Logs go to $OUT/<step>.log.
+#
+#   1st call, carry .device-wheels/a .gguf-parts/0:  bash bench/device.sh stage
+#   2nd call, carry .device-wheels/b .gguf-parts/1:  bash bench/device.sh install smoke
+#   next calls, carry .gguf-parts/N:                 bash bench/device.sh stage
+#   then: bash bench/device.sh distill | bench-a | bench-b
+#
+# .gguf-parts/N/part.N: the bundled Gemma 3 270M GGUF cut into pieces that fit a call's carry.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/stage
+# `convert/` ships as gemma_mtp_mlx.convert (pyproject's package-dir); from a bare checkout
+# the same import needs a link.
+[ -e gemma_mtp_mlx/convert ] || ln -s ../convert gemma_mtp_mlx/convert
+GGUF=/tmp/stage/gemma-3-270m-q4_k_m.gguf
+
+step() {  # step LOG SECONDS python-args...
+    local log=$OUT/$1.log lim=$2
+    shift 2
+    echo "== $(date +%T) $*" | tee -a "$log"
+    (cd bench && timeout "$lim" python3 "$@") 2>&1 | tee -a "$log"
+    echo "== exit ${PIPESTATUS[0]}" | tee -a "$log"
+}
+
+for what in "$@"; do
+    case $what in
+    stage)
+        for d in .device-wheels/a .gguf-parts/*; do [ -d "$d" ] && cp "$d"/* /tmp/stage/; done
+        ls -la /tmp/stage
+        nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv ;;
+    install)
+        cat /tmp/stage/mlx_cuda.part.* .device-wheels/b/mlx_cuda.part.* \
+            > "/tmp/stage/$(cat .device-wheels/b/WHEEL_NAME)" &&
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+            /tmp/stage/*.whl .device-wheels/b/*.whl &&
+        python3 -c "import mlx.core as mx; print(mx.__version__, mx.default_device())" ;;
+    smoke)  # exactness on CUDA: the decoding-loop and model tests (float32 fixtures)
+        timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_decoding.py \
+            tests/test_models_gemma4.py tests/test_models_gemma4_assistant.py 2>&1 |
+            tee "$OUT/smoke.log" | tail -15 ;;
+    gguf)
+        cat /tmp/stage/part.* > "$GGUF" && ls -la "$GGUF" && sha256sum "$GGUF" ;;
+    distill)
+        [ -f "$GGUF" ] || cat /tmp/stage/part.* > "$GGUF"
+        # shellcheck disable=SC2086  # DISTILL_ARGS: a smoke test elsewhere swaps the model
+        step distill 460 distill_gemma3_270m.py ${DISTILL_ARGS:---gguf $GGUF} \
+            --out /tmp/drafter --time-budget "${TRAIN_SECONDS:-200}"
+        d=/tmp/drafter
+        [ -f $d/model.safetensors ] || { mkdir -p $d; cp $d/.ckpt/drafter.safetensors \
+            $d/model.safetensors 2>/dev/null; }
+        cp $d/config.json $d/distill.json $d/.ckpt/meta.json "$OUT/" 2>/dev/null
+        split -b 15000000 $d/model.safetensors "$OUT/drafter.safetensors.part."
+        # shellcheck disable=SC2086
+        step domains 100 drafter_domains.py --target "${DOMAIN_TARGET:-/tmp/gemma3-270m-f32/target}" \
+            --drafter $d --k 4 --temperature 0 0.7 --tokens 96 --runs 2 ${DOMAIN_ARGS:-} ;;
+    bench-a)
+        step accept31b 230 acceptance.py --family 31B --layers 60 --bits 4 --dtype bfloat16 \
+            --alpha 0.8 0.5 0.7 0.9 --k 4 2 6 8 0 -1 --verify-width 0 8 --tokens 64 --runs 3
+        step costs 190 pass_costs.py --family E2B E4B 26B-A4B 31B --layers 60 --bits 4 \
+            --dtype bfloat16 --widths 1 2 3 4 5 6 8 9 12 16 17 --contexts 512 4096 --reps 3
+        step baseline 90 baseline_vs_mlx_lm.py --family E2B 31B --layers 60 --bits 4 \
+            --dtype bfloat16 --runs 5 ;;
+    bench-b)
+        step accept 200 acceptance.py --family E2B E4B 26B-A4B --layers 60 --bits 4 \
+            --dtype bfloat16 --alpha 0.8 0.5 0.7 0.9 --k 4 2 6 8 0 -1 --verify-width 0 8 \
+            --tokens 64 --runs 3
+        step calibrated 60 acceptance.py --family 31B --layers 60 --bits 4 --dtype bfloat16 \
+            --alpha 0.8 --k 4 --verify-width 0 8 --tokens 64 --runs 3 --calibrate
+        step memory 60 memory.py --family E2B E4B 26B-A4B 31B --layers 60 --bits 4 \
+            --dtype bfloat16
+        step bf16 60 baseline_vs_mlx_lm.py --family E2B E4B --layers 60 --bits 16 \
+            --dtype bfloat16 --runs 3
+        step peer 90 transformers_peer.py --family E2B E4B --prompt 256 --tokens 64 --runs 3 ;;
+    *) echo "unknown step $what"; exit 2 ;;
+    esac
+done

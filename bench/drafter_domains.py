@@ -1,0 +1,122 @@
+"""A drafter on real weights, per domain: tokens per verify pass and speed vs no draft.
+
+    .venv/bin/python bench/drafter_domains.py --target DIR --drafter DIR --k 4 \
+        --temperature 0 0.7 --tokens 96 --runs 3 --append
+
+Prompts: bench/heldout_prompts.txt (none is in the distillation prompt set), raw text (the
+270M is a base model; --chat-template for instruction-tuned targets). For each domain and
+temperature: tokens per verify pass (accepted drafts + the target's own token, rounds that
+drafted), acceptance of drafted tokens, and decode tokens/s with and without the drafter,
+runs alternated in one process (medians over runs of the per-domain totals). Greedy runs
+also check that the output equals plain decoding. EOS stops a continuation as usual.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import common as C
+import mlx.core as mx
+
+from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
+from gemma_mtp_mlx.distill_data import parse_prompts
+from gemma_mtp_mlx.loading import eos_ids, load_drafter, load_target
+from gemma_mtp_mlx.sampling import SamplingParams
+
+HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
+
+
+def run(target, drafter, prompt, n, k, temperature, seed, eos):
+    """(tokens, decode seconds, verify rounds, emitted in them, drafted, accepted)."""
+    mx.random.seed(seed)
+    dec = Decoder(target, drafter, SamplingParams(temperature=temperature))
+    schedule = DraftSchedule(fixed=k if drafter is not None else 0)
+    tokens, t_first = [], None
+    rounds = emitted = drafted = accepted = 0
+    for ev in dec.generate(Session(target), prompt, n, schedule, eos):
+        if ev.round is None:
+            t_first = time.perf_counter()
+        elif ev.round.draft_len:
+            rounds += 1
+            emitted += ev.round.emitted
+            drafted += ev.round.draft_len
+            accepted += ev.round.accepted
+        tokens += ev.tokens
+    return tokens, time.perf_counter() - t_first, rounds, emitted, drafted, accepted
+
+
+def main(argv=None):
+    p = C.base_parser(__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--drafter", required=True)
+    p.add_argument("--dtype", default=None, help="compute dtype (default: the target's)")
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--temperature", nargs="+", type=float, default=[0.0, 0.7])
+    p.add_argument("--tokens", type=int, default=96)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--prompts", default=str(HELDOUT))
+    p.add_argument("--domains", nargs="*", default=None)
+    p.add_argument("--chat-template", action="store_true")
+    args = p.parse_args(argv)
+    C.setup(args)
+    from mlx_lm.utils import load_tokenizer
+
+    dtype = C.compute_dtype(args.dtype) if args.dtype else None
+    target = load_target(args.target, dtype)
+    drafter = load_drafter(args.drafter, target.dtype)
+    tokenizer = load_tokenizer(Path(args.target))
+    eos = eos_ids(Path(args.target), tokenizer)
+    by_domain: dict[str, list[list[int]]] = {}
+    for domain, text in parse_prompts(Path(args.prompts).read_text(encoding="utf-8")):
+        if args.domains and domain not in args.domains:
+            continue
+        if args.chat_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                add_generation_prompt=True)
+        else:
+            ids = tokenizer.encode(text)
+        by_domain.setdefault(domain, []).append(list(ids))
+    run(target, drafter, by_domain[next(iter(by_domain))][0], 8, args.k, 0.0, 0, eos)  # warm-up
+    rows = []
+    for temperature in args.temperature:
+        for domain, prompts in by_domain.items():
+            speeds = {"plain": [], "draft": []}
+            totals = [0, 0, 0, 0]
+            lossless = True
+            plain_out: dict[int, list[int]] = {}
+            for r in range(args.runs):
+                for use in ("plain", "draft"):
+                    n_tok, secs = 0, 0.0
+                    for i, prompt in enumerate(prompts):
+                        seed = 1000 * r + i
+                        toks, dt, *counts = run(target, drafter if use == "draft" else None,
+                                                prompt, args.tokens, args.k, temperature,
+                                                seed, eos)
+                        n_tok += len(toks) - 1
+                        secs += dt
+                        if use == "draft":
+                            totals = [a + b for a, b in zip(totals, counts, strict=True)]
+                            if temperature == 0 and toks != plain_out[i]:
+                                lossless = False
+                        elif temperature == 0:
+                            plain_out[i] = toks
+                    speeds[use].append(n_tok / secs)
+            rounds, emitted, drafted, accepted = totals
+            base, fast = C.median(speeds["plain"]), C.median(speeds["draft"])
+            rows.append([domain, temperature, len(prompts), C.fmt(emitted / max(rounds, 1)),
+                         C.fmt(accepted / max(drafted, 1)), C.fmt(base), C.fmt(fast),
+                         C.fmt(fast / base),
+                         ("yes" if lossless else "NO") if temperature == 0 else "—"])
+            print(rows[-1], flush=True)
+    body = C.table(["domain", "temperature", "prompts", f"tokens / verify (K={args.k})",
+                    "acceptance", "no-draft tok/s", "with drafter tok/s", "speedup",
+                    "= plain"], rows)
+    notes = (f"Target {args.target}, drafter {args.drafter}, {target.dtype}; held-out prompts "
+             f"({args.prompts}), up to {args.tokens} new tokens each (EOS stops), {args.runs} "
+             "runs alternated, medians of per-domain tok/s.")
+    C.report("Distilled drafter on real weights, per domain", body, args.append, notes)
+
+
+if __name__ == "__main__":
+    main()
