@@ -36,5 +36,8 @@ class ScriptedDrafter:
         else:  # a wrong guess (may still hit by chance, as a real drafter's would)
             token = self.rng.randrange(self.vocab_size)
         scripted = mx.where(mx.arange(self.vocab_size) == token, 30.0, -30.0)
-        # `0 * logits` keeps the real drafter's head in the graph, so its cost is paid.
-        return scripted.astype(logits.dtype) + 0 * logits, carry
+        # Keep the real drafter's head in the graph, so its cost is paid, through its
+        # argmax: `0 * logits` would be NaN wherever a head masks tokens with -inf
+        # (centroid and vocabulary-subset heads), and NaN wins an argmax on some backends.
+        paid = 0 * mx.argmax(logits, axis=-1, keepdims=True)
+        return scripted.astype(logits.dtype) + paid.astype(logits.dtype), carry
