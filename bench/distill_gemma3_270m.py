@@ -28,7 +28,7 @@ def main(argv=None):
                    help="an already converted target folder (default: convert the GGUF)")
     p.add_argument("--gguf", default=None, help="the GGUF (default: the bundled package's)")
     p.add_argument("--work", default="/tmp/gemma3-270m-f32", help="where the GGUF converts to")
-    p.add_argument("--tokens", type=int, default=400_000)
+    p.add_argument("--tokens", type=int, default=1_200_000)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--time-budget", type=float, default=None, help="seconds of training")
     p.add_argument("--hidden", type=int, default=256)

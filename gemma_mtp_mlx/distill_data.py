@@ -2,12 +2,14 @@
 
 The drafter learns to predict what the target will say, so the training text is
 the target's output: greedy continuations (what greedy decoding will verify) and
-sampled ones (what sampling will), of a small shipped prompt set plus the user's.
+sampled ones (what sampling will) of a small shipped prompt set plus the user's,
+and free samples from BOS for variety (see `round_plan`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -16,6 +18,7 @@ import mlx.core as mx
 
 PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
 SAMPLED_TEMPERATURE = 0.8
+FREE_TEMPERATURE = 1.0  # free samples from BOS: the target's own distribution
 
 
 def parse_prompts(text: str, default_domain: str = "user") -> list[tuple[str, str]]:
@@ -81,6 +84,24 @@ def generate_batch(
     return [list(map(int, t)) for t in res.token_ids]
 
 
+def round_plan(round_: int, n_prompts: int, batch: int, seed: int, free: bool):
+    """What data round `round_` generates: (prompt indices or None for free samples,
+    temperature). First every prompt's greedy continuation once (more greedy copies of
+    the same prompt would repeat it word for word), then sampled continuations of random
+    prompts, alternating with free samples from BOS at temperature 1 when `free`: the
+    target's own distribution of text, far more varied than any prompt set, so that the
+    drafter learns the target rather than memorising the prompts' continuations."""
+    order = list(range(n_prompts))
+    random.Random(seed).shuffle(order)
+    greedy_rounds = -(-n_prompts // batch)
+    if round_ < greedy_rounds:
+        return [order[(round_ * batch + j) % n_prompts] for j in range(batch)], 0.0
+    rnd = random.Random(seed * 1_000_003 + round_)  # per round: the same after a resume
+    if free and (round_ - greedy_rounds) % 2 == 1:
+        return None, FREE_TEMPERATURE
+    return [rnd.randrange(n_prompts) for _ in range(batch)], SAMPLED_TEMPERATURE
+
+
 def generate_corpus(
     target,
     tokenizer,
@@ -103,21 +124,22 @@ def generate_corpus(
         else None
     )
     encoded = [encode(tokenizer, p) for _, p in prompts]
-    rnd = random.Random(seed)
+    bos = getattr(tokenizer, "bos_token_id", None)
     round_ = len(seqs) // max(batch, 1)
     while have < n_tokens:
-        # Alternate greedy and sampled rounds over shuffled prompts.
-        idx = [rnd.randrange(len(encoded)) for _ in range(batch)]
-        temperature = 0.0 if round_ % 2 == 0 else SAMPLED_TEMPERATURE
+        idx, temperature = round_plan(round_, len(encoded), batch, seed, bos is not None)
+        batch_prompts = [[bos]] * batch if idx is None else [encoded[i] for i in idx]
         outs = generate_batch(
-            target.lm, tokenizer, [encoded[i] for i in idx], new_tokens, temperature, seed + round_
+            target.lm, tokenizer, batch_prompts, new_tokens, temperature, seed + round_
         )
-        for i, cont in zip(idx, outs, strict=True):
-            seqs.append(encoded[i] + cont)
+        for prompt, cont in zip(batch_prompts, outs, strict=True):
+            seqs.append(prompt + cont)
             have += len(seqs[-1])
         round_ += 1
         out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps({"sequences": seqs}))
+        tmp = out_file.with_suffix(".tmp")  # a kill mid-write must not spoil the resume
+        tmp.write_text(json.dumps({"sequences": seqs}))
+        os.replace(tmp, out_file)
         if task is not None:
             progress.update(task, completed=min(have, n_tokens))
     return seqs

@@ -113,3 +113,18 @@ def test_prompts_parse_and_split():
     train, held = data.split_prompts(prompts)
     assert len(held) == 2 * len(domains) and not set(held) & set(train)
     assert data.parse_prompts("[x] a\\nb\n# c\nplain") == [("x", "a\nb"), ("user", "plain")]
+
+
+def test_round_plan_covers_each_prompt_greedily_once_then_varies():
+    n, batch = 12, 4
+    plans = [data.round_plan(r, n, batch, seed=3, free=True) for r in range(9)]
+    greedy = [i for idx, t in plans[:3] for i in idx if t == 0.0]
+    assert sorted(greedy) == list(range(n))  # every prompt once, no greedy repeats
+    later = plans[3:]
+    assert all(t > 0 for _, t in later)
+    assert any(idx is None for idx, _ in later)  # free samples from BOS
+    assert any(idx is not None for idx, _ in later)  # sampled continuations of prompts
+    # A resumed run makes the same choices for the same round.
+    assert data.round_plan(5, n, batch, seed=3, free=True) == plans[5]
+    assert all(idx is not None for idx, _ in
+               (data.round_plan(r, n, batch, 3, free=False) for r in range(9)))
