@@ -237,3 +237,35 @@ def test_padded_verify_equals_plain(width):
                                prompt, schedule=DraftSchedule(fixed=3), verify_width=width,
                                greedy_margin=1e9)
     assert forced == want and any(r.redone for r in rounds)
+
+
+def test_verify_width_plan_pads_only_where_clearly_cheaper():
+    from gemma_mtp_mlx.decoding import plan_verify_widths
+
+    # Costs seen on an H100 (MLX CUDA, 31B 4-bit): 5 rows slower than 8 or 9.
+    cuda = {2: 0.04, 3: 0.05, 4: 0.09, 5: 0.104, 6: 0.1, 7: 0.09, 8: 0.062, 9: 0.058}
+    plan = plan_verify_widths(cuda)
+    assert plan[5] == 9 and plan[4] == 9 and plan[2] == 2 and plan[8] == 8
+    linear = {w: float(w) for w in range(2, 18)}  # the CPU backend: never pad
+    assert all(n == w for n, w in plan_verify_widths(linear).items())
+
+
+def test_auto_verify_width_uses_the_measured_costs_and_stays_lossless():
+    name = "dense31b_tiny"
+    p = pair(name)
+    prompt = reference(name)["prompt_ids"].tolist()
+    want = list(plain(name, "float32"))
+    # As if measured on a GPU where 12 rows are cheapest: every verify pads to 12.
+    p.target.verify_costs = {w: (0.5 if w == 12 else 1.0) for w in range(2, 18)}
+    try:
+        decoder = Decoder(p.target, p.drafter, verify_width="auto")
+        decoder.prepare(prompt)
+        assert all(decoder.width(n) == (12 if n <= 12 else n) for n in range(2, 18))
+        drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.7, seed=5)
+        got, _, _, session = run(p.target, drafter, prompt, schedule=DraftSchedule(fixed=4),
+                                 verify_width="auto")
+        assert got == want and session.length == len(prompt) + len(want)
+    finally:
+        del p.target.verify_costs
+    with pytest.raises(ValueError):
+        Decoder(p.target, p.drafter, verify_width=99)
