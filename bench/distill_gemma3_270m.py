@@ -40,6 +40,7 @@ def main(argv=None):
     p.add_argument("--gen-batch", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-tokens", type=int, default=48, help="0: no held-out evaluation")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from mlx_lm.utils import load_tokenizer
@@ -65,7 +66,7 @@ def main(argv=None):
         steps=args.steps, draft_depth=args.draft_depth, hidden=args.hidden,
         vocab_subset=args.vocab_subset, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
         seed=args.seed, new_tokens=args.new_tokens, gen_batch=args.gen_batch,
-        eval_every=args.eval_every, time_budget=args.time_budget,
+        eval_every=args.eval_every, eval_tokens=args.eval_tokens, time_budget=args.time_budget,
     )
     print(json.dumps(summary, indent=2), flush=True)
 

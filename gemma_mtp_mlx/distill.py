@@ -277,6 +277,7 @@ def distill(
     eval_every: int = 250,
     ckpt_every: int = 100,
     eval_k: int = 4,
+    eval_tokens: int = 48,
     time_budget: float | None = None,
     console=None,
 ) -> dict:
@@ -366,7 +367,10 @@ def distill(
             return unrolled_loss(model, x, emb, h, kv, t_logits, draft_depth, target.sliding_window)
 
         grad_fn = nn.value_and_grad(drafter, loss_fn)
-        before = evaluate(target, drafter, held_ids, eval_k) if step == 0 else None
+        def held_out_eval(prompts):  # eval_tokens=0: skip (e.g. to time training alone)
+            return evaluate(target, drafter, prompts, eval_k, eval_tokens) if eval_tokens else None
+
+        before = held_out_eval(held_ids) if step == 0 else None
         task = progress.add_task("training", total=steps, completed=step, info="")
         n_rows = rows_data.shape[0]
         t_train = time.perf_counter()
@@ -391,7 +395,9 @@ def distill(
             if step % ckpt_every == 0 or step == steps:
                 _save_ckpt(ckpt, drafter, opt, step, meta)
             if eval_every and step % eval_every == 0 and step < steps:
-                ev = evaluate(target, drafter, held_ids[:4], eval_k)
+                ev = held_out_eval(held_ids[:4])
+                if ev is None:
+                    continue
                 history.append({"step": step, **ev})
                 say(
                     f"step {step}: {ev['tokens_per_verify']:.2f} tokens/verify at K={eval_k}, "
@@ -399,7 +405,7 @@ def distill(
                 )
         train_seconds = time.perf_counter() - t_train
 
-    after = evaluate(target, drafter, held_ids, eval_k)
+    after = held_out_eval(held_ids)
     save_drafter(drafter, config, out, target_dir)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     summary = {
