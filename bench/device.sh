@@ -7,14 +7,16 @@
 #   next calls, carry .gguf-parts/N:                 bash bench/device.sh stage
 #   then: bash bench/device.sh smoke | distill | bench
 #
-# .gguf-parts/N/part.N: the bundled Gemma 3 270M GGUF cut into pieces that fit a call's carry.
+# .gguf-parts/N/part.N: the bundled Gemma 3 270M GGUF cut into pieces that fit a call's carry
+# (64 MiB with the working tree): made here, once, by `bash bench/device.sh split-gguf`.
+# The machine is given back 30 s after a call ends: issue the calls back to back.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/stage
 # `convert/` ships as gemma_mtp_mlx.convert (pyproject's package-dir); from a bare checkout
 # the same import needs a link.
-[ -e gemma_mtp_mlx/convert ] || ln -s ../convert gemma_mtp_mlx/convert
+[ "${1:-}" = split-gguf ] || [ -e gemma_mtp_mlx/convert ] || ln -s ../convert gemma_mtp_mlx/convert
 GGUF=/tmp/stage/gemma-3-270m-q4_k_m.gguf
 
 step() {  # step LOG SECONDS python-args...
@@ -27,6 +29,22 @@ step() {  # step LOG SECONDS python-args...
 
 for what in "$@"; do
     case $what in
+    split-gguf)  # here, not on the device machine
+        grep -qx '/.gguf-parts/' .git/info/exclude || echo '/.gguf-parts/' >> .git/info/exclude
+        .venv/bin/python - <<'PY'
+import os
+from gemma_mtp_mlx.convert.gguf import bundled_gemma3_270m
+data = open(bundled_gemma3_270m(), "rb").read()
+sizes = [11_000_000, 16_000_000] + [59_000_000] * 10  # first two ride with the wheels
+off = i = 0
+while off < len(data):
+    os.makedirs(f".gguf-parts/{i}", exist_ok=True)
+    with open(f".gguf-parts/{i}/part.{i}", "wb") as f:
+        f.write(data[off : off + sizes[i]])
+    off, i = off + sizes[i], i + 1
+print(i, "parts")
+PY
+        exit 0 ;;
     stage)
         for d in .device-wheels/a .gguf-parts/*; do [ -d "$d" ] && cp "$d"/* /tmp/stage/; done
         ls -la /tmp/stage
