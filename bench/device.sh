@@ -5,7 +5,7 @@
 #   1st call, carry .device-wheels/a .gguf-parts/0:  bash bench/device.sh stage
 #   2nd call, carry .device-wheels/b .gguf-parts/1:  bash bench/device.sh install smoke
 #   next calls, carry .gguf-parts/N:                 bash bench/device.sh stage
-#   then: bash bench/device.sh smoke | distill | bench
+#   then: bash bench/device.sh smoke | distill (twice if cut: it resumes) | bench | bench2
 #
 # .gguf-parts/N/part.N: the bundled Gemma 3 270M GGUF cut into pieces that fit a call's carry
 # (64 MiB with the working tree): made here, once, by `bash bench/device.sh split-gguf`.
@@ -56,8 +56,8 @@ PY
             /tmp/stage/*.whl .device-wheels/b/*.whl &&
         python3 -c "import mlx.core as mx; print(mx.__version__, mx.default_device())" ;;
     smoke)  # exactness on CUDA: the decoding-loop and model tests (float32 fixtures)
-        timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_decoding.py \
-            tests/test_models_gemma4.py 2>&1 |
+        timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_scripted.py \
+            tests/test_decoding.py tests/test_models_gemma4.py 2>&1 |
             tee "$OUT/smoke.log" | tail -15 ;;
     gguf)
         cat /tmp/stage/part.* > "$GGUF" && ls -la "$GGUF" && sha256sum "$GGUF" ;;
@@ -75,17 +75,21 @@ PY
         step domains 100 drafter_domains.py --target "${DOMAIN_TARGET:-/tmp/gemma3-270m-f32/target}" \
             --drafter $d --k 4 --temperature 0 0.7 --tokens 96 --runs 2 ${DOMAIN_ARGS:-} ;;
     bench)  # in order of importance: each step has its own limit, logs survive a cut
-        step accept31b 200 acceptance.py --family 31B --layers 60 --bits 4 --dtype bfloat16 \
+        # (2026-11-23 on an H100: the 31B build takes ~30 s, a 64-token greedy run ~2 s)
+        step accept31b 330 acceptance.py --family 31B --layers 60 --bits 4 --dtype bfloat16 \
             --alpha 0.8 0.5 0.7 0.9 --k 4 2 6 8 0 -1 --verify-width 0 8 --tokens 64 --runs 3
-        step costs 120 pass_costs.py --family E2B E4B 26B-A4B 31B --layers 60 --bits 4 \
-            --dtype bfloat16 --widths 1 2 3 4 5 6 8 9 12 16 --contexts 512 4096 --reps 2
-        step accept 80 acceptance.py --family E2B 26B-A4B --layers 60 --bits 4 \
-            --dtype bfloat16 --alpha 0.8 --k 4 2 6 8 0 -1 --verify-width 0 8 --tokens 64 --runs 3
-        step baseline 60 baseline_vs_mlx_lm.py --family E2B 31B --layers 60 --bits 4 \
+        step baseline 150 baseline_vs_mlx_lm.py --family 31B E2B --layers 60 --bits 4 \
             --dtype bfloat16 --runs 5
-        step peer 45 transformers_peer.py --family E2B --prompt 256 --tokens 64 --runs 3
-        step bf16 30 baseline_vs_mlx_lm.py --family E2B --bits 16 --dtype bfloat16 --runs 3
-        step memory 30 memory.py --family E2B 31B --layers 60 --bits 4 --dtype bfloat16 ;;
+        step memory 90 memory.py --family 31B E2B --layers 60 --bits 4 --dtype bfloat16 ;;
+    bench2)
+        step costs 200 pass_costs.py --family 31B 26B-A4B E2B E4B --layers 60 --bits 4 \
+            --dtype bfloat16 --widths 1 2 3 5 8 9 12 16 --contexts 512 4096 --reps 10
+        step accept 200 acceptance.py --family E2B 26B-A4B E4B --layers 60 --bits 4 \
+            --dtype bfloat16 --alpha 0.8 --k 4 2 6 8 0 -1 --verify-width 0 8 --tokens 64 --runs 3
+        step calibrated 90 acceptance.py --family 31B --layers 60 --bits 4 --dtype bfloat16 \
+            --alpha 0.8 --k 4 --verify-width 0 8 --tokens 64 --runs 3 --calibrate
+        step peer 60 transformers_peer.py --family E2B E4B --prompt 256 --tokens 64 --runs 3
+        step bf16 50 baseline_vs_mlx_lm.py --family E2B --bits 16 --dtype bfloat16 --runs 3 ;;
     *) echo "unknown step $what"; exit 2 ;;
     esac
 done
