@@ -14,39 +14,23 @@ measured / ideal is the share the loop keeps (the rest is loop overhead).
 
 from __future__ import annotations
 
-import time
-
 import common as C
 
-from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
-from gemma_mtp_mlx.schedule import AutoSchedule
+from gemma_mtp_mlx.decoding import Decoder
+from gemma_mtp_mlx.schedule import make_schedule
 from gemma_mtp_mlx.scripted import ScriptedDrafter
 
 HEURISTIC, AUTO = 0, -1  # --k values that name a schedule instead of a fixed K
 
 
-def schedule_for(drafter, k):
-    if drafter is None:
-        return DraftSchedule(fixed=0)
-    if k == AUTO:
-        return AutoSchedule()
-    return DraftSchedule(fixed=None if k == HEURISTIC else k)
-
-
-def decode(target, drafter, prompt, n, k, margin, seed=0, width=0):
+def decode(target, drafter, prompt, n, k, margin, width=0):
     """(tokens, decode tokens/s, rounds) for one greedy run; k: K, HEURISTIC or AUTO;
     width: pad verify passes to this many rows (0: K+1)."""
     dec = Decoder(target, drafter, greedy_margin=margin, verify_width=width)
-    schedule = schedule_for(drafter, k)
-    tokens, rounds, t_first = [], [], None
-    for ev in dec.generate(Session(target), prompt, n, schedule):
-        if ev.round is None:
-            t_first = time.perf_counter()
-        else:
-            rounds.append(ev.round)
-        tokens += ev.tokens
-    dt = time.perf_counter() - t_first
-    return tokens, (len(tokens) - 1) / dt, rounds
+    spec = {HEURISTIC: "heuristic", AUTO: "auto"}.get(k, k)
+    tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n,
+                                             make_schedule(spec, drafter is not None))
+    return tokens, (len(tokens) - 1) / seconds, rounds
 
 
 def expected(alpha, k):
@@ -98,7 +82,7 @@ def main(argv=None):
                     for width in args.verify_width if k > 0 else [0]:
                         sd = ScriptedDrafter(real, cont, len(prompt), alpha, seed=run)
                         toks, tps, rounds = decode(target, sd, prompt, args.tokens, k, margin,
-                                                   seed=run, width=width)
+                                                   width=width)
                         drafted = sum(r.draft_len for r in rounds)
                         acc = sum(r.accepted for r in rounds) / max(drafted, 1)
                         tpr = sum(r.emitted for r in rounds) / max(len(rounds), 1)

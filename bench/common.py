@@ -274,6 +274,21 @@ def drafter_for(family: str, bits: int | None, dtype):
     return drafter
 
 
+def timed_decode(decoder, target, prompt, n, schedule, eos=()):
+    """(tokens, seconds after the first token, round infos) of one run from a fresh session:
+    decode time only, prefill excluded."""
+    from gemma_mtp_mlx.decoding import Session
+
+    tokens, rounds, t_first = [], [], None
+    for ev in decoder.generate(Session(target), prompt, n, schedule, eos):
+        if ev.round is None:
+            t_first = time.perf_counter()
+        else:
+            rounds.append(ev.round)
+        tokens += ev.tokens
+    return tokens, time.perf_counter() - t_first, rounds
+
+
 def fill_cache(target: Gemma4Target, context: int, max_rollback: int = 17) -> list:
     """A target cache holding `context` positions of random K/V (no prefill needed)."""
     from gemma_mtp_mlx.models.cache import cache_offset

@@ -13,16 +13,16 @@ also check that the output equals plain decoding. EOS stops a continuation as us
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import common as C
 import mlx.core as mx
 
-from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
+from gemma_mtp_mlx.decoding import Decoder
 from gemma_mtp_mlx.distill_data import parse_prompts
 from gemma_mtp_mlx.loading import eos_ids, load_drafter, load_target
 from gemma_mtp_mlx.sampling import SamplingParams
+from gemma_mtp_mlx.schedule import make_schedule
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
@@ -31,19 +31,11 @@ def run(target, drafter, prompt, n, k, temperature, seed, eos):
     """(tokens, decode seconds, verify rounds, emitted in them, drafted, accepted)."""
     mx.random.seed(seed)
     dec = Decoder(target, drafter, SamplingParams(temperature=temperature))
-    schedule = DraftSchedule(fixed=k if drafter is not None else 0)
-    tokens, t_first = [], None
-    rounds = emitted = drafted = accepted = 0
-    for ev in dec.generate(Session(target), prompt, n, schedule, eos):
-        if ev.round is None:
-            t_first = time.perf_counter()
-        elif ev.round.draft_len:
-            rounds += 1
-            emitted += ev.round.emitted
-            drafted += ev.round.draft_len
-            accepted += ev.round.accepted
-        tokens += ev.tokens
-    return tokens, time.perf_counter() - t_first, rounds, emitted, drafted, accepted
+    schedule = make_schedule(k, drafter is not None)
+    tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n, schedule, eos)
+    verifies = [r for r in rounds if r.draft_len]
+    return (tokens, seconds, len(verifies), sum(r.emitted for r in verifies),
+            sum(r.draft_len for r in verifies), sum(r.accepted for r in verifies))
 
 
 def main(argv=None):

@@ -39,6 +39,12 @@ DRAFTERS = {
                 ordered=False),
 }
 FAMILIES = tuple(TARGETS)
+# Rope per layer type, as the released configs' `rope_parameters` give it.
+ROPE = {
+    SW: {"rope_type": "default", "rope_theta": 10_000.0},
+    FU: {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+         "rope_theta": 1_000_000.0},
+}
 
 
 def text_config(family: str, layers: int | None = None) -> dict:

@@ -17,13 +17,7 @@ import argparse
 import statistics
 import time
 
-from shapes import FAMILIES, text_config
-
-ROPE = {
-    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                       "rope_theta": 1_000_000.0},
-}
+from shapes import FAMILIES, ROPE, text_config
 
 
 def build(family: str, layers: int | None, device: str):

@@ -31,6 +31,11 @@ MARGIN_SAFETY = 8.0
 CALIBRATION_WIDTHS = (2, 4, 9, MAX_DRAFT + 1)
 
 
+def repeat_to(tokens: list[int], n: int) -> list[int]:
+    """`tokens` repeated and cut to n tokens (a scratch sequence for the one-off probes)."""
+    return (list(tokens) * (n // max(len(tokens), 1) + 1))[:n]
+
+
 def calibrate_margin(target, tokens: list[int]) -> float:
     """SAFETY x the largest |block verify - single step| logit difference seen.
 
@@ -41,8 +46,7 @@ def calibrate_margin(target, tokens: list[int]) -> float:
     cached = getattr(target, "greedy_margin", None)
     if cached is not None:
         return cached
-    need = 8 + max(CALIBRATION_WIDTHS)
-    seq = (list(tokens) * (need // max(len(tokens), 1) + 1))[:need]
+    seq = repeat_to(tokens, 8 + max(CALIBRATION_WIDTHS))
     cache = target.make_cache(max_rollback=MAX_DRAFT + 1)
     target(mx.array(seq[:8], dtype=mx.uint32)[None], cache)
     rows = min(CALIBRATION_WIDTHS)
@@ -87,7 +91,7 @@ def measure_verify_widths(target, tokens: list[int], reps: int = 2) -> dict[int,
     cached = getattr(target, "verify_costs", None)
     if cached is not None:
         return cached
-    seq = (list(tokens) * (96 // max(len(tokens), 1) + 1))[:96]
+    seq = repeat_to(tokens, 64 + max(MEASURED_WIDTHS))
     cache = target.make_cache(max_rollback=MAX_DRAFT + 1)
     mx.eval(target.hidden(mx.array(seq[:64], dtype=mx.uint32)[None], cache))
     costs = {}

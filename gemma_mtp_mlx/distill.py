@@ -367,6 +367,7 @@ def distill(
             return unrolled_loss(model, x, emb, h, kv, t_logits, draft_depth, target.sliding_window)
 
         grad_fn = nn.value_and_grad(drafter, loss_fn)
+
         def held_out_eval(prompts):  # eval_tokens=0: skip (e.g. to time training alone)
             return evaluate(target, drafter, prompts, eval_k, eval_tokens) if eval_tokens else None
 
@@ -394,10 +395,8 @@ def distill(
             progress.update(task, completed=step, info=info)
             if step % ckpt_every == 0 or step == steps:
                 _save_ckpt(ckpt, drafter, opt, step, meta)
-            if eval_every and step % eval_every == 0 and step < steps:
+            if eval_tokens and eval_every and step % eval_every == 0 and step < steps:
                 ev = held_out_eval(held_ids[:4])
-                if ev is None:
-                    continue
                 history.append({"step": step, **ev})
                 say(
                     f"step {step}: {ev['tokens_per_verify']:.2f} tokens/verify at K={eval_k}, "

@@ -96,9 +96,9 @@ def round_plan(round_: int, n_prompts: int, batch: int, seed: int, free: bool):
     greedy_rounds = -(-n_prompts // batch)
     if round_ < greedy_rounds:
         return [order[(round_ * batch + j) % n_prompts] for j in range(batch)], 0.0
-    rnd = random.Random(seed * 1_000_003 + round_)  # per round: the same after a resume
     if free and (round_ - greedy_rounds) % 2 == 1:
         return None, FREE_TEMPERATURE
+    rnd = random.Random(seed * 1_000_003 + round_)  # per round: the same after a resume
     return [rnd.randrange(n_prompts) for _ in range(batch)], SAMPLED_TEMPERATURE
 
 

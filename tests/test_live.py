@@ -155,6 +155,17 @@ class Tmux:
         self("send-keys", "-t", "chat", "Enter")
 
 
+def start_chat(tmp_path: Path, *options: str) -> Tmux:
+    """`gemma-mtp chat` on the tiny E2B pair in a detached 200x50 tmux session "chat"; the
+    shell prints CHAT-EXIT=<code> when it ends."""
+    tmux = Tmux(tmp_path / "tmux.sock")
+    chat = shlex.join([sys.executable, "-m", "gemma_mtp_mlx", "chat", "-m", str(E2B),
+                       "--dtype", "float32", *options])
+    shell = f"cd {shlex.quote(str(ROOT))} && {chat}; echo CHAT-EXIT=$?; sleep 120"
+    tmux("new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell)
+    return tmux
+
+
 def turn_stats(screen: str):
     return [tuple(map(int, m.groups())) for m in TURN.finditer(screen)]
 
@@ -170,13 +181,7 @@ def test_chat_in_a_real_terminal(tmp_path):
     from gemma_mtp_mlx.generate import encode_prompt
 
     tokenizer = load_tokenizer(E2B / "target")
-    tmux = Tmux(tmp_path / "tmux.sock")
-    chat = shlex.join(
-        [sys.executable, "-m", "gemma_mtp_mlx", "chat", "-m", str(E2B), "--dtype", "float32",
-         "--max-tokens", "12"]
-    )  # fmt: skip
-    shell = f"cd {shlex.quote(str(ROOT))} && {chat}; echo CHAT-EXIT=$?; sleep 120"
-    tmux("new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell)
+    tmux = start_chat(tmp_path, "--max-tokens", "12")
     try:
         tmux.wait_for(lambda s: ">>>" in s, "the prompt")
         tmux.send("Hello there")
@@ -209,13 +214,7 @@ def test_chat_in_a_real_terminal(tmp_path):
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_chat_ctrl_c_stops_an_answer_and_keeps_the_conversation(tmp_path):
-    tmux = Tmux(tmp_path / "tmux.sock")
-    chat = shlex.join(
-        [sys.executable, "-m", "gemma_mtp_mlx", "chat", "-m", str(E2B), "--dtype", "float32",
-         "--max-tokens", "100000", "--ignore-eos"]
-    )  # fmt: skip
-    shell = f"cd {shlex.quote(str(ROOT))} && {chat}; echo CHAT-EXIT=$?; sleep 120"
-    tmux("new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell)
+    tmux = start_chat(tmp_path, "--max-tokens", "100000", "--ignore-eos")
     try:
         tmux.wait_for(lambda s: ">>>" in s, "the prompt")
         tmux.send("Hello there")
