@@ -34,7 +34,8 @@ def decode(target, drafter, prompt, n, k, margin, width=0):
 
 
 def expected(alpha, k):
-    return (1 - alpha ** (k + 1)) / (1 - alpha)
+    """E[tokens per round] = 1 + a + ... + a^k (k + 1 when every draft survives)."""
+    return k + 1 if alpha == 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
 
 def main(argv=None):
