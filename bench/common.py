@@ -19,13 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
-from mlx_lm.models import gemma4_text
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# Before mlx: the package routes MLX's Linux CPU matmul to OpenBLAS (gemma_mtp_mlx/cpu_blas.py).
+import gemma_mtp_mlx  # noqa: E402, F401, I001
+
+# isort: split
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx_lm.models import gemma4_text  # noqa: E402
 
 from gemma_mtp_mlx.models import gemma4_assistant  # noqa: E402
 from gemma_mtp_mlx.models.gemma4 import Gemma4Target  # noqa: E402

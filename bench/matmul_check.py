@@ -9,6 +9,11 @@ mean of 3 after a warm-up. Speculative decoding pays only where M rows cost abou
 import sys
 import time
 
+# Before mlx: the package routes MLX's Linux CPU matmul to OpenBLAS (gemma_mtp_mlx/cpu_blas.py);
+# GEMMA_MTP_BLAS=reference shows the wheel's own reference BLAS.
+import gemma_mtp_mlx  # noqa: I001
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 
@@ -17,7 +22,8 @@ vocab = int(sys.argv[2]) if len(sys.argv) > 2 else 262144
 W = np.random.default_rng(0).standard_normal((vocab, hidden), dtype=np.float32)
 Wm = mx.array(W)
 mx.eval(Wm)
-print(f"| rows M | numpy (OpenBLAS) s | MLX {mx.__version__} ({mx.default_device()}) s |")
+blas = gemma_mtp_mlx.cpu_blas.describe()
+print(f"| rows M | numpy (OpenBLAS) s | MLX {mx.__version__} ({mx.default_device()}, {blas}) s |")
 print("|---|---|---|")
 for m in (1, 2, 5, 9):
     x = np.random.default_rng(m).standard_normal((m, hidden), dtype=np.float32)

@@ -12,6 +12,11 @@ import statistics
 import sys
 import time
 
+# Before mlx: the package routes MLX's Linux CPU matmul to OpenBLAS (gemma_mtp_mlx/cpu_blas.py);
+# GEMMA_MTP_BLAS=reference shows the wheel's own reference BLAS.
+import gemma_mtp_mlx  # noqa: F401, I001
+
+# isort: split
 import mlx.core as mx
 
 from gemma_mtp_mlx.decoding import Decoder, Session

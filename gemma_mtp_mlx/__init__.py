@@ -1,0 +1,6 @@
+"""gemma-mtp: Gemma 4 on MLX with multi-token-prediction drafters."""
+
+from gemma_mtp_mlx.cpu_blas import use_fast_blas
+
+# Before anything in the package runs an MLX matmul (see cpu_blas for why).
+use_fast_blas()

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The first MLX user in the test process: routes MLX's Linux CPU matmul to OpenBLAS (cpu_blas).
+import gemma_mtp_mlx  # noqa: F401
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PAIRS = ("e2b_tiny", "dense31b_tiny")
 TARGETS = ("e2b_tiny", "dense31b_tiny", "moe26b_tiny")
