@@ -38,12 +38,17 @@ def run(target, drafter, prompt, n, k, temperature, seed, eos):
             sum(r.draft_len for r in verifies), sum(r.accepted for r in verifies))
 
 
+def schedule_spec(text: str) -> int | str:
+    return text if text in ("heuristic", "auto") else int(text)
+
+
 def main(argv=None):
     p = C.base_parser(__doc__)
     p.add_argument("--target", required=True)
     p.add_argument("--drafter", required=True)
     p.add_argument("--dtype", default=None, help="compute dtype (default: the target's)")
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--k", type=schedule_spec, default=4,
+                   help="draft length K, or heuristic / auto (the product's schedules)")
     p.add_argument("--temperature", nargs="+", type=float, default=[0.0, 0.7])
     p.add_argument("--tokens", type=int, default=96)
     p.add_argument("--runs", type=int, default=3)

@@ -83,3 +83,8 @@ def _load_forwarder() -> str:
 
 def describe() -> str:
     return _state
+
+
+def rows_nearly_free() -> bool:
+    """On the CPU, does a matmul of a few rows cost about one row (OpenBLAS), not k times?"""
+    return _state.startswith("OpenBLAS") or _state == "platform BLAS"

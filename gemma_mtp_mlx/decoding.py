@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from . import cpu_blas
 from .models.cache import cache_offset, rollback
 from .sampling import SamplingParams, probabilities, sample, speculative_accept, top2_margin
 from .schedule import MAX_DRAFT, AutoSchedule, DraftSchedule
@@ -64,10 +65,11 @@ def calibrate_margin(target, tokens: list[int]) -> float:
 
 # A verify of n rows may run faster padded to more rows: small-M quantized matmuls
 # are slow on some GPU backends (MLX CUDA, H100, 31B 4-bit: 5 rows 104 ms, 8 rows
-# 62 ms, 1 row 39 ms). With verify_width="auto" the decoder times one target
-# forward of each width once per model (not on the CPU backend, whose cost grows
-# linearly with rows, so padding never pays there) and pads each verify to the
-# cheapest width >= its size when that is clearly cheaper. Padding is lossless:
+# 62 ms, 1 row 39 ms), and OpenBLAS on the CPU likes 8 rows (Gemma 3 270M float32:
+# 5 rows 152 ms, 8 rows 117 ms). With verify_width="auto" the decoder times one
+# target forward of each width once per model (not with the CPU wheel's reference
+# BLAS, whose cost grows linearly with rows, so padding never pays there) and pads
+# each verify to the cheapest width >= its size when that is clearly cheaper. Padding is lossless:
 # later rows cannot change earlier ones, and they are rolled back with the rejects.
 WIDTH_GAIN = 0.9  # pad only when the wider pass costs < 90 % of the exact one
 
@@ -283,13 +285,13 @@ class Decoder:
 
     def prepare(self, tokens: list[int]) -> None:
         """One-off work before the first token: measure the greedy safety margin and,
-        with verify_width="auto" off the CPU, the cost of each verify width."""
+        with verify_width="auto" where rows are not linear in cost, each verify width's cost."""
         if self.margin is None and self.drafter is not None and self.sampling.greedy:
             self.margin = calibrate_margin(self.target, tokens or [0])
         if self.verify_width == "auto" and self.drafter is not None and not self.width_plan:
             # Costs already known (measured, or given by a test) are used on any device.
             known = getattr(self.target, "verify_costs", None) is not None
-            if known or mx.default_device() != mx.cpu:
+            if known or mx.default_device() != mx.cpu or cpu_blas.rows_nearly_free():
                 costs = measure_verify_widths(self.target, tokens or [0])
                 self.width_plan = plan_verify_widths(costs)
 

@@ -187,7 +187,9 @@ def test_quantization_error(converted, capsys):
             q = logits_of(target, ids)
             errors[fx.name, bits] = float(np.abs(q - ref).max())
             dequantize_model(target.lm)
-            np.testing.assert_allclose(logits_of(target, ids), q, atol=1e-4, rtol=0)
+            # float32 rounding only (logits of std ~8): the dequantized weights run as plain
+            # matmuls, the quantized ones through quantized_matmul, summing in other orders.
+            np.testing.assert_allclose(logits_of(target, ids), q, atol=3e-4, rtol=0)
     with capsys.disabled():
         print("\nmax |logit error| vs float32:", {f"{k[0]}@{k[1]}": round(v, 3) for k, v in
                                                   errors.items()})  # fmt: skip

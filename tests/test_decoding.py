@@ -98,8 +98,10 @@ def test_caches_equal_plain_after_any_pattern(name, alpha):
         assert len(ours) == len(theirs)
         for (k1, v1), (k2, v2) in zip(ours, theirs, strict=True):
             assert k1.shape == k2.shape
-            np.testing.assert_allclose(k1, k2, atol=1e-5)
-            np.testing.assert_allclose(v1, v2, atol=1e-5)
+            # float32 rounding only: block and single-row matmuls sum in different orders
+            # (OpenBLAS); a rollback bug leaves whole rows of other tokens' K/V, O(1) apart.
+            np.testing.assert_allclose(k1, k2, atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(v1, v2, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("K", [None, 1, 4, 8])
