@@ -105,7 +105,8 @@ def run_bench(pair, texts, max_tokens, runs, num_draft, make_decoder):
     from .sampling import SamplingParams
 
     greedy = SamplingParams()
-    modes = [("plain", False, None), ("mtp", True, None), ("mtp auto", True, "auto")]
+    modes = [("plain", False, None), ("mtp auto", True, "auto")]
+    modes += [("mtp heuristic", True, "heuristic")]
     modes += [(f"mtp k={k}", True, k) for k in dict.fromkeys(num_draft)]
     prompt_ids = [encode_prompt(pair.tokenizer, t) for t in texts]
     decoders = {name: make_decoder(pair, greedy, use) for name, use, _ in modes}

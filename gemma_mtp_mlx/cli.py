@@ -134,7 +134,7 @@ def _sampling(temp: float, top_p: float, top_k: int, min_p: float, seed: int | N
 
 
 def _draft_spec(num_draft: int | None, schedule: Schedule | None):
-    """What stream_generate takes as num_draft: a fixed K, "auto" or None (heuristic)."""
+    """What stream_generate takes as num_draft: a fixed K, a schedule name or None (auto)."""
     if num_draft is not None and schedule is not None:
         fail("--num-draft and --draft-schedule exclude each other", 2)
     return num_draft if num_draft is not None else (schedule.value if schedule else None)
@@ -306,7 +306,7 @@ def chat(
     decoder = None
     last = None  # (stats, cached) of the last turn
     mode = "off" if not use_drafter else f"K={draft}" if isinstance(draft, int) else draft
-    mode = mode or "heuristic"
+    mode = mode or "auto"
     if tty_out:
         console.print(
             f"[bold]gemma-mtp chat[/] · {pair.path} · drafter {mode} · "

@@ -40,7 +40,7 @@ NumDraftOpt = Annotated[
     typer.Option(
         "--num-draft",
         "-k",
-        help=f"Fixed draft length 1..{MAX_DRAFT} (default: adaptive schedule).",
+        help=f"Fixed draft length 1..{MAX_DRAFT} (default: the auto schedule).",
     ),
 ]
 
@@ -54,8 +54,8 @@ ScheduleOpt = Annotated[
     Schedule | None,
     typer.Option(
         "--draft-schedule",
-        help="heuristic (+2 after a full accept, -1 after a rejection; the default) or auto "
-        "(each round the K, 0 = drafter off, expected to give the most tokens/s).",
+        help="auto (each round the K, 0 = drafter off, expected to give the most tokens/s; "
+        "the default) or heuristic (+2 after a full accept, -1 after a rejection).",
     ),
 ]
 DTypeOpt = Annotated[

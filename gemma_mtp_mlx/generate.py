@@ -126,7 +126,7 @@ def stream_generate(
     prompt_ids: list[int],
     max_tokens: int = 256,
     sampling: SamplingParams | None = None,
-    num_draft: int | str | None = None,  # K, "auto", or None for the heuristic
+    num_draft: int | str | None = None,  # K, "auto"/"heuristic", or None (auto)
     use_drafter: bool = True,
     stop_strings: tuple[str, ...] = (),
     session: Session | None = None,

@@ -3,7 +3,7 @@
 - fixed K;
 - the heuristic schedule (as in transformers' assisted decoding): +2 after a
   fully accepted round, -1 after a rejection, within [1, max_len];
-- `auto`: pick the K (0, the drafter off, included) that maximises expected
+- `auto` (the default): pick the K (0, the drafter off, included) that maximises expected
   tokens per second from running estimates of per-position acceptance and of
   the measured time of a round of each length on this machine, re-probing
   other lengths now and then so it follows the text.
@@ -112,11 +112,12 @@ class AutoSchedule:
 
 
 def make_schedule(spec: str | int | None, has_drafter: bool = True):
-    """'auto', 'heuristic', an int K, or None (the default)."""
+    """'auto', 'heuristic', an int K, or None (the default: auto, which beat the heuristic
+    in every benchmark so far, see BENCHMARKS.md)."""
     if not has_drafter:
         return DraftSchedule(fixed=0)
-    if spec is None or spec == "heuristic":
+    if spec == "heuristic":
         return DraftSchedule()
-    if spec == "auto":
+    if spec is None or spec == "auto":
         return AutoSchedule()
     return DraftSchedule(fixed=int(spec))

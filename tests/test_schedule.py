@@ -72,6 +72,7 @@ def test_auto_picks_the_best_fixed_length_for_middling_acceptance():
 
 def test_make_schedule():
     assert isinstance(make_schedule("auto"), AutoSchedule)
-    assert make_schedule(None).fixed is None
+    assert isinstance(make_schedule(None), AutoSchedule)  # the default
+    assert make_schedule("heuristic").fixed is None
     assert make_schedule(3).fixed == 3
     assert make_schedule("auto", has_drafter=False).fixed == 0
