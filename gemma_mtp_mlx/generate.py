@@ -126,7 +126,7 @@ def stream_generate(
     prompt_ids: list[int],
     max_tokens: int = 256,
     sampling: SamplingParams | None = None,
-    num_draft: int | str | None = None,  # K, "auto"/"heuristic", or None (auto)
+    num_draft: int | str | None = None,  # K, "auto"/"heuristic", None: auto (heuristic if seeded)
     use_drafter: bool = True,
     stop_strings: tuple[str, ...] = (),
     session: Session | None = None,
@@ -137,7 +137,8 @@ def stream_generate(
     drafter = pair.drafter if use_drafter else None
     decoder = decoder or Decoder(pair.target, drafter, sampling)
     session = session or Session(pair.target)
-    schedule = make_schedule(num_draft, drafter is not None)
+    seeded = sampling is not None and not sampling.greedy and sampling.seed is not None
+    schedule = make_schedule(num_draft, drafter is not None, seeded)
     decoder.prepare(prompt_ids)  # not counted in TTFT
     detok = pair.tokenizer.detokenizer
     detok.reset()

@@ -111,12 +111,14 @@ class AutoSchedule:
             self.survived[i] += 1.0 if i <= accepted else 0.0
 
 
-def make_schedule(spec: str | int | None, has_drafter: bool = True):
+def make_schedule(spec: str | int | None, has_drafter: bool = True, seeded: bool = False):
     """'auto', 'heuristic', an int K, or None (the default: auto, which beat the heuristic
-    in every benchmark so far, see BENCHMARKS.md)."""
+    in every benchmark so far, see BENCHMARKS.md). `seeded` (sampling with a seed): the
+    default is the heuristic, because auto's choices follow measured times, and K decides
+    how many random numbers a round draws, so the same seed must see the same K."""
     if not has_drafter:
         return DraftSchedule(fixed=0)
-    if spec == "heuristic":
+    if spec == "heuristic" or (spec is None and seeded):
         return DraftSchedule()
     if spec is None or spec == "auto":
         return AutoSchedule()

@@ -74,5 +74,8 @@ def test_make_schedule():
     assert isinstance(make_schedule("auto"), AutoSchedule)
     assert isinstance(make_schedule(None), AutoSchedule)  # the default
     assert make_schedule("heuristic").fixed is None
+    # sampling with a seed: K must not follow timings, or the same seed gives other text
+    assert isinstance(make_schedule(None, seeded=True), DraftSchedule)
+    assert isinstance(make_schedule("auto", seeded=True), AutoSchedule)
     assert make_schedule(3).fixed == 3
     assert make_schedule("auto", has_drafter=False).fixed == 0
