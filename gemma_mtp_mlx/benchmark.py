@@ -96,47 +96,37 @@ def bench_table(rows: list[dict], texts: list[str], model: str, runs: int) -> No
     console.print(table)
 
 
-def run_bench(pair, texts, max_tokens, runs, num_draft, make_decoder):
+def bench_modes(drafting: bool, fixed: tuple[int, ...]) -> list[tuple[str, str | int]]:
+    """(row name, Request.draft) of each mode: plain first (the reference), then the drafter's."""
+    if not drafting:
+        return [("plain", "off")]
+    modes = [("plain", "off"), ("mtp auto", "auto"), ("mtp heuristic", "heuristic")]
+    return modes + [(f"mtp k={k}", k) for k in dict.fromkeys(fixed)]
+
+
+def run_bench(engine, texts, max_tokens, runs, num_draft):
     """Each prompt with and without the drafter (and each fixed K), greedy, `runs` times:
     one row of medians per prompt and mode, and every run that differs from plain decoding."""
     import mlx.core as mx
 
-    from .generate import encode_prompt, generate
-    from .sampling import SamplingParams
+    from .request import Request
 
-    greedy = SamplingParams()
-    modes = [("plain", False, None), ("mtp auto", True, "auto")]
-    modes += [("mtp heuristic", True, "heuristic")]
-    modes += [(f"mtp k={k}", True, k) for k in dict.fromkeys(num_draft)]
-    prompt_ids = [encode_prompt(pair.tokenizer, t) for t in texts]
-    decoders = {name: make_decoder(pair, greedy, use) for name, use, _ in modes}
-    for name, use, k in modes:  # warm up: compile kernels, allocate
-        generate(
-            pair,
-            prompt_ids[0],
-            max_tokens=min(8, max_tokens),
-            num_draft=k,
-            use_drafter=use,
-            decoder=decoders[name],
-        )
+    modes = bench_modes(engine.drafting, tuple(num_draft))
+    prompt_ids = [engine.encode(t) for t in texts]
+    for _, draft in modes:  # warm up: compile kernels, allocate
+        engine.run(prompt_ids[0], Request(max_tokens=min(8, max_tokens), draft=draft))
 
     rows, mismatches = [], []
     for p, ids in enumerate(prompt_ids, 1):
         reference = None
         base_speed = None
-        for name, use, k in modes:
+        for name, draft in modes:
+            request = Request(max_tokens=max_tokens, draft=draft)
             results = []
             for _ in range(runs):
                 if hasattr(mx, "reset_peak_memory"):
                     mx.reset_peak_memory()
-                res = generate(
-                    pair,
-                    ids,
-                    max_tokens=max_tokens,
-                    num_draft=k,
-                    use_drafter=use,
-                    decoder=decoders[name],
-                )
+                res = engine.run(ids, request)
                 results.append((res, res.stats.to_dict()))
                 if reference is None:
                     reference = res.token_ids

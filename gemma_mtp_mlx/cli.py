@@ -19,7 +19,6 @@ import typer
 from typer.core import TyperGroup
 
 from .benchmark import bench_table, load_prompts, run_bench
-from .chat import CHAT_HELP_TEXT, Conversation, read_message
 from .cli_options import (
     DEFAULT_MODEL,
     MAX_DRAFT,
@@ -30,6 +29,7 @@ from .cli_options import (
     DTypeOpt,
     GroupSize,
     IgnoreEosOpt,
+    MaxContextOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelOpt,
@@ -44,8 +44,8 @@ from .cli_options import (
     TopPOpt,
 )
 from .errors import CliError, fail, first_line, say
-from .live import PlainView, is_terminal, make_view, stats_line, status_panel
-from .resolve import load_model, make_decoder
+from .live import PlainView, is_terminal
+from .request import ModelSpec, Request, SamplingParams
 
 
 class _Group(TyperGroup):
@@ -121,32 +121,42 @@ def _main() -> None:
     """Gemma 4 on MLX, faster with its multi-token-prediction drafter, output unchanged."""
 
 
-# -- options shared by the commands ------------------------------------------------------------
-def _sampling(temp: float, top_p: float, top_k: int, min_p: float, seed: int | None):
-    from .sampling import SamplingParams
-
-    params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-    try:
-        params.validate()
-    except ValueError as e:
-        fail(f"bad sampling option: {e}", 2)
-    return params
-
-
-def _draft_spec(num_draft: int | None, schedule: Schedule | None):
-    """What stream_generate takes as num_draft: a fixed K, a schedule name or None (auto)."""
-    if num_draft is not None and schedule is not None:
-        fail("--num-draft and --draft-schedule exclude each other", 2)
-    return num_draft if num_draft is not None else (schedule.value if schedule else None)
-
-
-def _check_draft_options(no_draft: bool, num_draft: int | None, drafter: Path | None) -> None:
-    if no_draft and num_draft is not None:
-        fail("--num-draft and --no-draft exclude each other", 2)
+# -- options shared by the commands: straight into one ModelSpec and one Request ----------------
+def model_spec(model: str, drafter: Path | None, no_draft: bool, dtype: DType | None,
+               max_context: int | None = None) -> ModelSpec:
     if no_draft and drafter is not None:
         fail("--drafter and --no-draft exclude each other", 2)
+    return ModelSpec(model, drafter, no_draft, dtype.value if dtype else None, max_context)
+
+
+def make_request(
+    max_tokens: int, temp: float, top_p: float, top_k: int, min_p: float, seed: int | None,
+    no_draft: bool = False, num_draft: int | None = None, schedule: Schedule | None = None,
+    stop: list[str] | None = None, ignore_eos: bool = False,
+) -> Request:
+    """The one Request the command runs with, or a one-line error (exit 2)."""
+    if num_draft is not None and schedule is not None:
+        fail("--num-draft and --draft-schedule exclude each other", 2)
+    if no_draft and (num_draft is not None or schedule is not None):
+        fail("--num-draft/--draft-schedule and --no-draft exclude each other", 2)
     if num_draft is not None and not 1 <= num_draft <= MAX_DRAFT:
         fail(f"--num-draft must be in 1..{MAX_DRAFT} (use --no-draft for none)", 2)
+    draft = "off" if no_draft else num_draft if num_draft is not None else (
+        schedule.value if schedule else None
+    )
+    sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    request = Request(max_tokens, sampling, draft, tuple(stop or ()), ignore_eos)
+    try:
+        request.validate()
+    except ValueError as e:
+        fail(str(e), 2)
+    return request
+
+
+def load_engine(spec: ModelSpec):
+    from .engine import Engine
+
+    return Engine.load(spec)
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -196,47 +206,38 @@ def generate(
     ] = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
+    max_context: MaxContextOpt = None,
     stop: Annotated[
         list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")
     ] = None,
 ) -> None:
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
-    sampling = _sampling(temp, top_p, top_k, min_p, seed)
-    _check_draft_options(no_draft, num_draft, drafter)
-    draft = _draft_spec(num_draft, draft_schedule)
+    request = make_request(max_tokens, temp, top_p, top_k, min_p, seed, no_draft, num_draft,
+                           draft_schedule, stop, ignore_eos)
+    spec = model_spec(model, drafter, no_draft, dtype, max_context)
     if raw and system:
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
-    pair = load_model(model, drafter, no_draft, dtype)
-
-    from .generate import encode_prompt, stream_generate
-
-    ids = encode_prompt(pair.tokenizer, text, system=system, raw=raw)
+    engine = load_engine(spec)
+    ids = engine.encode(text, system=system, raw=raw)
     if not ids:
         fail("empty prompt: it encodes to no tokens", 2)
-    use_drafter = not no_draft
-    decoder = make_decoder(pair, sampling, use_drafter)
-    stream = stream_generate(
-        pair,
-        ids,
-        max_tokens=max_tokens,
-        sampling=sampling,
-        num_draft=draft,
-        use_drafter=use_drafter,
-        stop_strings=tuple(stop or ()),
-        decoder=decoder,
-        ignore_eos=ignore_eos,
-    )
-    if json_out:
-        answer, token_ids, stats = "", [], None
-        for chunk in stream:
-            answer += chunk.text
-            token_ids += chunk.tokens
-            stats = chunk.stats
-        out = {"text": answer, "token_ids": token_ids, **stats.to_dict()}
-        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        return
+    from .request import RequestError
+
+    try:
+        if json_out:
+            result = engine.run(ids, request)
+            out = {"text": result.text, "token_ids": result.token_ids, **result.stats.to_dict()}
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            return
+        print_answer(engine.stream(ids, request), engine.drafting and request.drafts)
+    except RequestError as e:
+        fail(str(e), 2)
+
+
+def print_answer(stream, drafting: bool) -> None:
+    """The answer to stdout as it comes, the stats line to stderr."""
     view = PlainView()
     stats = None
     try:
@@ -248,7 +249,7 @@ def generate(
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
-    view.finish(stats, use_drafter)
+    view.finish(stats, drafting)
 
 
 # -- chat --------------------------------------------------------------------------------------
@@ -278,119 +279,17 @@ def chat(
     ignore_eos: IgnoreEosOpt = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
+    max_context: MaxContextOpt = None,
 ) -> None:
     """Talk with the model; its cache is kept, so a turn prefills only the new message."""
-    from rich.console import Console
+    from .chat import run_chat
 
-    sampling = _sampling(temp, top_p, top_k, min_p, seed)
-    _check_draft_options(no_draft, num_draft, drafter)
-    draft = _draft_spec(num_draft, draft_schedule)
-    pair = load_model(model, drafter, no_draft, dtype)
-    if getattr(pair.tokenizer, "chat_template", None) is None:
+    request = make_request(max_tokens, temp, top_p, top_k, min_p, seed, no_draft, num_draft,
+                           draft_schedule, None, ignore_eos)
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
+    if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
-
-    from .generate import stream_generate
-
-    use_drafter = not no_draft
-    interactive = is_terminal(sys.stdin)
-    tty_out = is_terminal(sys.stdout)
-    console = Console(highlight=False)
-    # Replies to commands: with the answers on a terminal, else on stderr (stdout = answers).
-    note = console if tty_out else Console(stderr=True, highlight=False, soft_wrap=True)
-    if interactive:
-        try:
-            import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
-    convo = Conversation(pair, system)
-    decoder = None
-    last = None  # (stats, cached) of the last turn
-    mode = "off" if not use_drafter else f"K={draft}" if isinstance(draft, int) else draft
-    mode = mode or "auto"
-    if tty_out:
-        console.print(
-            f"[bold]gemma-mtp chat[/] · {pair.path} · drafter {mode} · "
-            "/help for commands, Ctrl-D to exit",
-            style="dim",
-        )
-
-    while True:
-        try:
-            message = read_message(interactive, console)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line
-            console.print()
-            continue
-        if message is None:
-            if interactive:
-                console.print()
-            return
-        if not message.strip():
-            continue
-        command, _, arg = message.strip().partition(" ")
-        if command.startswith("/") and "\n" not in message.strip():
-            if command in ("/quit", "/exit", "/q"):
-                return
-            if command == "/reset":
-                convo.clear()
-                last = None
-                note.print("[dim]conversation reset[/]")
-            elif command == "/system":
-                convo.system = arg.strip() or None
-                note.print(
-                    f"[dim]system prompt {'set' if convo.system else 'cleared'} "
-                    "(applies from the next turn)[/]"
-                )
-            elif command == "/stats":
-                if last is None:
-                    note.print("[dim]no turn yet[/]")
-                else:
-                    stats, cached = last
-                    if tty_out:
-                        note.print(status_panel(stats, use_drafter, title="last turn"))
-                    else:
-                        note.print(stats_line(stats, use_drafter, cached=cached), markup=False)
-                note.print(
-                    f"[dim]session: {convo.turns} turns, {len(convo.ids)} tokens in context[/]"
-                )
-            elif command in ("/help", "/?"):
-                note.print(CHAT_HELP_TEXT, markup=False)
-            else:
-                note.print(f"unknown command {command} (try /help)", markup=False)
-            continue
-
-        fed = convo.plan(message)
-        cached = convo.cached
-        if decoder is None:
-            decoder = make_decoder(pair, sampling, use_drafter)
-        view = make_view(use_drafter, title=f"turn {convo.turns + 1}")
-        answer: list[int] = []
-        stats = None
-        interrupted = False
-        with view:
-            try:
-                for chunk in stream_generate(
-                    pair,
-                    fed,
-                    max_tokens=max_tokens,
-                    num_draft=draft,
-                    use_drafter=use_drafter,
-                    session=convo.session,
-                    decoder=decoder,
-                    ignore_eos=ignore_eos,
-                ):
-                    answer += chunk.tokens
-                    stats = chunk.stats
-                    view.add(chunk)
-            except KeyboardInterrupt:
-                interrupted = True
-            view.finish(
-                stats, use_drafter, interrupted=interrupted, turn=convo.turns + 1, cached=cached
-            )
-        if interrupted and stats is None:
-            note.print("[dim](stopped before the first token)[/]")
-        convo.record(message, fed, answer, interrupted)
-        if stats is not None:
-            last = (stats, cached)
+    run_chat(engine, request, system)
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -427,15 +326,14 @@ def bench(
 ) -> None:
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
-        _check_draft_options(False, k, None)
+        make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, num_draft=k)
     texts = load_prompts(prompts)
-    pair = load_model(model, drafter, False, dtype)
-
-    rows, mismatches = run_bench(pair, texts, max_tokens, runs, num_draft or (), make_decoder)
+    engine = load_engine(model_spec(model, drafter, False, dtype))
+    rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
 
     if json_out:
         out = {
-            "model": str(pair.path),
+            "model": str(engine.path),
             "max_tokens": max_tokens,
             "runs": runs,
             "prompts": texts,
@@ -445,7 +343,7 @@ def bench(
         }
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        bench_table(rows, texts, str(pair.path), runs)
+        bench_table(rows, texts, str(engine.path), runs)
     if mismatches:
         for m in mismatches:
             say(
@@ -453,6 +351,70 @@ def bench(
                 f"decoding at token {m['first_difference']}"
             )
         fail(f"{len(mismatches)} run(s) did not reproduce plain greedy decoding")
+
+
+# -- serve -------------------------------------------------------------------------------------
+SERVE_EXAMPLES = (
+    "Examples:\n\n"
+    "  gemma-mtp serve                                   [dim]# http://127.0.0.1:8080/v1[/]\n\n"
+    "  gemma-mtp serve -m out/e4b-4bit --port 9000 --api-key s3cret\n\n"
+    "  curl -N localhost:8080/v1/chat/completions -H 'Content-Type: application/json' "
+    "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"stream\": true}'"
+)
+
+
+@app.command(epilog=SERVE_EXAMPLES)
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port.")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="GEMMA_MTP_API_KEY",
+                     help="Require `Authorization: Bearer KEY` on /v1 requests."),
+    ] = None,
+    drafter: DrafterOpt = None,
+    no_draft: NoDraftOpt = False,
+    num_draft: NumDraftOpt = None,
+    draft_schedule: ScheduleOpt = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", "-n", min=1,
+                          help="A request's token budget when it names none.")
+    ] = 2048,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=0,
+                          help="Requests waiting beyond the one being answered (then 429).")
+    ] = 16,
+    cache_gb: Annotated[
+        float, typer.Option("--cache-gb", min=0.0,
+                            help="Memory for recent conversations' caches (prefix reuse).")
+    ] = 2.0,
+    dtype: DTypeOpt = None,
+    max_context: MaxContextOpt = None,
+) -> None:
+    """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
+    from .fallback import BUNDLED_NAME
+    from .resolve import resolve_model_path
+
+    request = make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, no_draft, num_draft,
+                           draft_schedule)
+    spec = model_spec(model, drafter, no_draft, dtype, max_context)
+    from .server import ServerConfig, listen
+    from .server import serve as run_server
+
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    path = resolve_model_path(model)
+    config = ServerConfig(
+        model_id=BUNDLED_NAME if path.name == BUNDLED_NAME else model,
+        api_key=api_key, max_queue=max_queue, cache_bytes=int(cache_gb * 1e9),
+        max_tokens=max_tokens, draft=request.draft,
+    )
+    engine = load_engine(ModelSpec(str(path), spec.drafter, spec.no_draft, spec.dtype,
+                                   spec.max_context))
+    run_server(engine, config, sock)
 
 
 # -- convert -----------------------------------------------------------------------------------

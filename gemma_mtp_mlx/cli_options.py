@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
+from .request import MAX_DRAFT
+
 DEFAULT_MODEL = "google/gemma-4-E4B-it"
-MAX_DRAFT = 16  # decoding.MAX_DRAFT, repeated here to keep --help free of MLX
 
 
 class DType(str, Enum):
@@ -61,6 +62,14 @@ ScheduleOpt = Annotated[
 DTypeOpt = Annotated[
     DType | None,
     typer.Option("--dtype", help="Compute dtype (default: the checkpoint's)."),
+]
+MaxContextOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-context",
+        help="Longest context in tokens, prompt and answer together (default: the model's, "
+        "or what fits in memory).",
+    ),
 ]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Tokens to generate.")]
 TempOpt = Annotated[float, typer.Option("--temp", "-t", help="Temperature; 0 is greedy.")]

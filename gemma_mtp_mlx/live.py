@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # keep `import gemma_mtp_mlx.live` free of MLX
-    from .generate import Chunk, Stats
+    from .engine import Chunk
+    from .stats import Stats
 
 # acceptance_rate below this after COLLAPSE_ROUNDS draft rounds: say so
 COLLAPSE_RATE = 0.1
@@ -102,7 +103,7 @@ def stats_line(
 def _peak_gb() -> float:
     if "mlx.core" not in sys.modules:
         return 0.0
-    from .generate import peak_memory_gb
+    from .stats import peak_memory_gb
 
     return peak_memory_gb()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx_lm.utils import _get_classes, load_model, load_tokenizer
 
+from .errors import first_line
 from .models import gemma4_assistant
 from .models.gemma3 import Gemma3Target
 from .models.gemma4 import Gemma4Target
@@ -67,10 +68,12 @@ def _check_weights(path: Path):
             raise ModelLoadError(f"{f}: corrupt safetensors file (truncated)")
 
 
-def _load(path: Path, get_classes, overrides: dict, dtype, kind: str):
+def _load(path: Path, get_classes, overrides: dict, dtype, kind: str, lazy: bool = False):
     _check_weights(path)
     try:
-        model, config = load_model(path, model_config=overrides, get_model_classes=get_classes)
+        model, config = load_model(
+            path, lazy=lazy, model_config=overrides, get_model_classes=get_classes
+        )
     except (ValueError, RuntimeError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelLoadError(f"{path}: cannot load the {kind} weights: {msg}") from None
@@ -79,7 +82,7 @@ def _load(path: Path, get_classes, overrides: dict, dtype, kind: str):
     return model, config
 
 
-def load_target(path: str | Path, dtype=None) -> Gemma4Target | Gemma3Target:
+def load_target(path: str | Path, dtype=None, lazy: bool = False) -> Gemma4Target | Gemma3Target:
     path = Path(path)
     config = read_config(path)
     if config.get("model_type") not in TARGET_TYPES:
@@ -90,7 +93,7 @@ def load_target(path: str | Path, dtype=None) -> Gemma4Target | Gemma3Target:
     if config.get("model_type") == "gemma4" and "vocab_size" not in config:
         # mlx-lm reads the wrapper's top-level vocab_size (default 262144).
         overrides["vocab_size"] = text_config(config).get("vocab_size", 262144)
-    model, _ = _load(path, _get_classes, overrides, dtype, "target")
+    model, _ = _load(path, _get_classes, overrides, dtype, "target", lazy)
     lm = model.language_model if hasattr(model, "language_model") else model
     if config.get("model_type") == "gemma3_text":
         return Gemma3Target(lm)
@@ -101,14 +104,14 @@ def _drafter_classes(config: dict):
     return gemma4_assistant.Model, gemma4_assistant.ModelArgs
 
 
-def load_drafter(path: str | Path, dtype=None) -> gemma4_assistant.Model:
+def load_drafter(path: str | Path, dtype=None, lazy: bool = False) -> gemma4_assistant.Model:
     path = Path(path)
     config = read_config(path)
     if config.get("model_type") not in DRAFTER_TYPES:
         raise ModelLoadError(
             f"{path}: model_type {config.get('model_type')!r} is not a Gemma 4 drafter"
         )
-    model, _ = _load(path, _drafter_classes, {}, dtype, "drafter")
+    model, _ = _load(path, _drafter_classes, {}, dtype, "drafter", lazy)
     return model
 
 
@@ -171,11 +174,14 @@ def load_pair(
     drafter_path: str | Path | None = None,
     use_drafter: bool = True,
     dtype: str | None = None,
+    lazy: bool = False,
 ) -> ModelPair:
+    """The pair in `path`. `lazy`: weights are read when first used (or by `materialize`),
+    so their size can be checked against memory before anything is allocated."""
     path = Path(path)
     target_dir, found_drafter = resolve_pair_dirs(path)
     mx_dtype = DTYPES[dtype] if dtype else None
-    target = load_target(target_dir, mx_dtype)
+    target = load_target(target_dir, mx_dtype, lazy)
     drafter = None
     if use_drafter:
         dpath = Path(drafter_path) if drafter_path else found_drafter
@@ -185,7 +191,7 @@ def load_pair(
                 "or pass --no-draft)"
             )
         try:
-            drafter = load_drafter(dpath, mx_dtype or target.dtype)
+            drafter = load_drafter(dpath, mx_dtype or target.dtype, lazy)
             check_pair(target, drafter)
         except DrafterLoadError:
             raise
@@ -196,3 +202,14 @@ def load_pair(
     except Exception as e:  # transformers raises many types here
         raise ModelLoadError(f"{target_dir}: cannot load the tokenizer: {e}") from None
     return ModelPair(target, drafter, tokenizer, eos_ids(target_dir, tokenizer), path)
+
+
+def materialize(pair: ModelPair) -> None:
+    """Read a lazily loaded pair's weights into memory."""
+    for model, where in ((pair.target.lm, pair.path), (pair.drafter, "the drafter")):
+        if model is None:
+            continue
+        try:
+            mx.eval(model.parameters())
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ModelLoadError(f"{where}: cannot read the weights: {first_line(e)}") from None

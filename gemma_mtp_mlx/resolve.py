@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from .cli_options import DEFAULT_MODEL, DType
+from .cli_options import DEFAULT_MODEL
 from .errors import fail, first_line, say
 from .fallback import BUNDLED_NAME
 from .live import is_terminal
@@ -54,32 +54,39 @@ def resolve_model_path(spec: str) -> Path:
     )
 
 
-def load_model(spec: str, drafter: Path | None, no_draft: bool, dtype: DType | None):
-    """The model pair, or one line saying what is wrong (never a silent fallback)."""
-    from .loading import DrafterLoadError, ModelLoadError, load_pair
+def load_model(spec):
+    """(the model pair, its context limit) for a ModelSpec, or one line saying what is wrong
+    (never a silent fallback). The weights are sized against memory before they are read."""
+    from .engine import model_context
+    from .loading import DrafterLoadError, ModelLoadError, load_pair, materialize
+    from .memory import MIN_CONTEXT, fitting_context, plan, size
 
-    path = resolve_model_path(spec)
-    if path.name == BUNDLED_NAME and drafter is None and not (path / "drafter").is_dir():
+    path = resolve_model_path(spec.model)
+    no_draft = spec.no_draft
+    if path.name == BUNDLED_NAME and spec.drafter is None and not (path / "drafter").is_dir():
         say("note: no drafter is bundled for Gemma 3 270M yet: plain decoding")
         no_draft = True
     try:
         pair = load_pair(
-            path,
-            drafter_path=drafter,
-            use_drafter=not no_draft,
-            dtype=dtype.value if dtype else None,
+            path, drafter_path=spec.drafter, use_drafter=not no_draft, dtype=spec.dtype, lazy=True
         )
+        limit = model_context(pair.target)
+        if spec.max_context is not None and not 1 < spec.max_context <= limit:
+            fail(f"--max-context must be in 2..{limit} (this model's context)", 2)
+        context = spec.max_context or limit
+        memory = plan(pair, context)
+        fits = context if memory.fits else fitting_context(pair, limit)
+        if not memory.fits and spec.max_context is None and fits >= MIN_CONTEXT:
+            # No context asked: the longest that fits, as Ollama does, if it is a useful one.
+            say(f"note: context {fits} tokens (of {limit}) to fit in memory "
+                f"({size(memory.usable)} usable, {memory.usable_source})")
+            context, memory = fits, plan(pair, fits)
+        if not memory.fits:
+            fail(memory.refusal(fits))
+        materialize(pair)
     except ModelLoadError as e:
         msg = first_line(e)
         if isinstance(e, DrafterLoadError) and "--no-draft" not in msg:
             msg += " (pass --no-draft to run the target alone)"
         fail(msg)
-    return pair
-
-
-def make_decoder(pair, sampling, use_drafter: bool):
-    """A Decoder for the pair (MLX imported only here, so `--help` stays instant).
-    stream_generate measures its greedy safety margin before starting the TTFT clock."""
-    from .decoding import Decoder
-
-    return Decoder(pair.target, pair.drafter if use_drafter else None, sampling)
+    return pair, context

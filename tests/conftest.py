@@ -32,3 +32,11 @@ def pair(name: str, dtype: str = "float32", use_drafter: bool = True):
 @pytest.fixture(params=PAIRS)
 def pair_name(request):
     return request.param
+
+
+@cache
+def engine(name: str, dtype: str = "float32", use_drafter: bool = True):
+    """An Engine over a fixture pair (shared across tests: loading is the slow part)."""
+    from gemma_mtp_mlx.engine import Engine
+
+    return Engine(pair(name, dtype, use_drafter))

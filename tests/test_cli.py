@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gemma_mtp_mlx import cli
+from gemma_mtp_mlx.chat import Conversation
 from gemma_mtp_mlx.cli import app
+from gemma_mtp_mlx.request import Request
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -54,12 +55,9 @@ def one_error_line(result, code):
 
 @pytest.fixture(scope="module")
 def e2b():
-    from gemma_mtp_mlx.loading import load_pair
+    from conftest import engine
 
-    pair = load_pair(E2B, dtype="float32")
-    if not hasattr(pair, "eos_ids"):
-        pair.eos_ids = pair.eos_token_ids
-    return pair
+    return engine("e2b_tiny")
 
 
 def subprocess_cli(*args):
@@ -82,11 +80,9 @@ def test_no_arguments_prints_help():
 
 # -- generate -----------------------------------------------------------------------------------
 def test_generate_streams_text_and_stats_line(e2b):
-    from gemma_mtp_mlx.generate import encode_prompt, generate
-
     result = run("generate", "-m", E2B, "--prompt", "Hello there", *FAST)
     assert result.exit_code == 0, result.stderr
-    expected = generate(e2b, encode_prompt(e2b.tokenizer, "Hello there"), max_tokens=8)
+    expected = e2b.run(e2b.encode("Hello there"), Request(max_tokens=8))
     assert result.stdout == expected.text + "\n"
     (line,) = result.stderr.strip().splitlines()
     for word in ("8 tokens", "tok/s", "prefill", "TTFT", "acceptance", "draft rounds", "peak"):
@@ -95,18 +91,16 @@ def test_generate_streams_text_and_stats_line(e2b):
 
 
 def test_stdin_is_appended_to_the_prompt(e2b):
-    from gemma_mtp_mlx.generate import encode_prompt
-
     result = run(
         "generate", "-m", E2B, "--prompt", "Summarize:", "--json", *FAST, input="my notes\n"
     )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    ids = encode_prompt(e2b.tokenizer, "Summarize:\n\nmy notes")
+    ids = e2b.encode("Summarize:\n\nmy notes")
     assert data["prompt_tokens"] == len(ids)
 
     alone = json.loads(run("generate", "-m", E2B, "--json", *FAST, input="my notes").stdout)
-    assert alone["prompt_tokens"] == len(encode_prompt(e2b.tokenizer, "my notes"))
+    assert alone["prompt_tokens"] == len(e2b.encode("my notes"))
 
 
 @pytest.mark.parametrize("fixture", [E2B, DENSE], ids=["e2b", "dense31b"])
@@ -323,17 +317,17 @@ def test_bench_outputs_identical(tmp_path):
 
 
 def test_bench_reports_a_mismatch_loudly(monkeypatch):
-    import gemma_mtp_mlx.generate as gen
+    from gemma_mtp_mlx.engine import Engine
 
-    real = gen.generate
+    real = Engine.run
 
-    def corrupted(pair, ids, **kw):
-        res = real(pair, ids, **kw)
-        if kw.get("use_drafter") and kw.get("max_tokens", 0) > 4:
+    def corrupted(self, ids, request, session=None):
+        res = real(self, ids, request, session)
+        if request.draft != "off" and request.max_tokens > 4:
             res.token_ids = res.token_ids[:3] + [7] + res.token_ids[4:]
         return res
 
-    monkeypatch.setattr(gen, "generate", corrupted)
+    monkeypatch.setattr(Engine, "run", corrupted)
     result = run("bench", "-m", E2B, "--runs", "1", "--max-tokens", "6", "--dtype", "float32")
     assert result.exit_code == 1
     assert "MISMATCH" in result.stderr and "at token 3" in result.stderr
@@ -347,20 +341,18 @@ def turns(stderr: str) -> list[tuple[int, int, int, int]]:
 
 
 def test_chat_keeps_the_cache_between_turns(e2b):
-    from gemma_mtp_mlx.generate import encode_prompt
-
     script = "Hello there\nWhat next?\n/stats\n/reset\nagain\n/quit\nnever sent\n"
     result = run("chat", "-m", E2B, *FAST, input=script)
     assert result.exit_code == 0, result.stderr
     no_traceback(result)
     (t1, n1, p1, c1), (t2, n2, p2, c2), (t3, n3, p3, c3) = turns(result.stderr)
     assert (t1, t2, t3) == (1, 2, 1)  # /reset starts over
-    assert c1 == 0 and p1 == len(encode_prompt(e2b.tokenizer, "Hello there"))
+    assert c1 == 0 and p1 == len(e2b.encode("Hello there"))
     # Turn 2 reuses all of turn 1 and prefills the last answer token plus the new message.
     assert c2 == p1 + n1 - 1
     # the fixture template: <turn|>\n closing the answer, then the user turn, then model\n
-    assert p2 == 1 + 2 + len(encode_prompt(e2b.tokenizer, "What next?")) - 1
-    assert c3 == 0 and p3 == len(encode_prompt(e2b.tokenizer, "again"))
+    assert p2 == 1 + 2 + len(e2b.encode("What next?")) - 1
+    assert c3 == 0 and p3 == len(e2b.encode("again"))
     assert "session: 2 turns" in result.stderr and "conversation reset" in result.stderr
     assert "\x1b" not in result.stdout + result.stderr
 
@@ -383,24 +375,22 @@ def test_chat_multiline_system_and_unknown_command():
 
 def test_reused_cache_gives_the_same_answer_as_a_fresh_prefill(e2b):
     """Turn 2 on the kept cache == plain decoding of the same tokens from scratch."""
-    from gemma_mtp_mlx.generate import generate, stream_generate
-
-    convo = cli.Conversation(e2b)
+    convo = Conversation(e2b)
     for i, message in enumerate(["Hello there", "What next?"]):
         fed = convo.plan(message)
         before = list(convo.ids)
         answer = []
-        for chunk in stream_generate(e2b, fed, max_tokens=10, session=convo.session):
+        for chunk in e2b.stream(fed, Request(max_tokens=10), convo.session):
             answer += chunk.tokens
         convo.record(message, fed, answer, interrupted=False)
         if i == 1:
-            fresh = generate(e2b, before + fed, max_tokens=10, use_drafter=False)
+            fresh = e2b.run(before + fed, Request(max_tokens=10, draft="off"))
             assert fresh.token_ids == answer
             assert len(fed) < len(before)
 
 
 def test_an_interrupted_turn_rebuilds_the_cache(e2b):
-    convo = cli.Conversation(e2b)
+    convo = Conversation(e2b)
     fed = convo.plan("Hello there")
     convo.record("Hello there", fed, [300, 301], interrupted=True)
     again = convo.plan("next")
@@ -410,7 +400,7 @@ def test_an_interrupted_turn_rebuilds_the_cache(e2b):
 
 def test_chat_model_role_matches_the_template(e2b):
     # The fixture template writes roles verbatim and prompts with "model".
-    assert cli.Conversation(e2b).model_role == "model"
+    assert Conversation(e2b).model_role == "model"
 
 
 # -- convert ------------------------------------------------------------------------------------
@@ -516,3 +506,44 @@ def test_ignore_eos_runs_to_max_tokens():
     assert full["finish_reason"] == "length" and full["generated_tokens"] == n
     assert full["token_ids"][: len(stopped["token_ids"])] == stopped["token_ids"]
 
+
+
+# -- memory and context -------------------------------------------------------------------------
+def test_a_model_too_big_for_memory_is_refused_before_loading():
+    # The tiny pair's weights are ~1.7 MB: 1 MB of usable memory cannot hold them.
+    args = ["generate", "-m", E2B, "--prompt", "hi", *FAST]
+    line = one_error_line(runner.invoke(app, args, env={"GEMMA_MTP_MEMORY_GB": "0.001"}), 1)
+    assert "needs" in line and "weights" in line and "GEMMA_MTP_MEMORY_GB" in line
+    assert "--bits 4" in line
+
+
+def test_the_context_is_cut_to_fit_memory_unless_asked():
+    # 10 MB: the weights fit, the KV cache of the model's full 131072-token context does not.
+    env = {"GEMMA_MTP_MEMORY_GB": "0.01"}
+    args = ["generate", "-m", E2B, "--prompt", "hi", "--json", *FAST]
+    fitted = runner.invoke(app, args, env=env)
+    assert fitted.exit_code == 0, fitted.stderr
+    note = re.search(r"note: context (\d+) tokens \(of 131072\)", fitted.stderr)
+    assert note and 4096 <= int(note.group(1)) < 131072
+    asked = runner.invoke(app, [*args, "--max-context", "131072"], env=env)
+    line = one_error_line(asked, 1)
+    assert "KV cache" in line and f"--max-context {note.group(1)}" in line
+
+
+def test_a_prompt_longer_than_the_context_is_an_error():
+    prompt = " ".join(["word"] * 80)
+    line = one_error_line(run("generate", "-m", E2B, "--prompt", prompt, *FAST,
+                              "--max-context", "32"), 2)
+    assert "does not fit the context of 32 tokens" in line
+    line = one_error_line(run("generate", "-m", E2B, "--prompt", "hi", "--max-context", "1"), 2)
+    assert "--max-context must be in 2..131072" in line
+
+
+def test_chat_with_a_seed_is_reproducible():
+    script = "Hello there\nWhat next?\n"
+    args = ["chat", "-m", E2B, "--dtype", "float32", "-n", "24", "--temp", "0.9", "--seed", "1"]
+    first, second = run(*args, input=script), run(*args, input=script)
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.strip()
+    other = run(*args[:-1], "2", input=script)
+    assert other.stdout != first.stdout  # the seed decides the text

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from gemma_mtp_mlx import live
 from gemma_mtp_mlx.decoding import RoundInfo
-from gemma_mtp_mlx.generate import Chunk, Stats
+from gemma_mtp_mlx.engine import Chunk
+from gemma_mtp_mlx.stats import Stats
 
 ROOT = Path(__file__).resolve().parents[1]
 E2B = ROOT / "tests" / "fixtures" / "e2b_tiny"
@@ -178,7 +179,7 @@ def turn_stats(screen: str):
 def test_chat_in_a_real_terminal(tmp_path):
     from mlx_lm.utils import load_tokenizer
 
-    from gemma_mtp_mlx.generate import encode_prompt
+    from gemma_mtp_mlx.engine import encode_prompt
 
     tokenizer = load_tokenizer(E2B / "target")
     tmux = start_chat(tmp_path, "--max-tokens", "12")

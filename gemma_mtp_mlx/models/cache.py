@@ -14,7 +14,7 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, _BaseCache
 
-__all__ = ["KVCache", "SlidingKVCache", "rollback", "cache_offset"]
+__all__ = ["KVCache", "SlidingKVCache", "cache_offset", "can_rollback", "rollback"]
 
 
 class SlidingKVCache(_BaseCache):
@@ -105,9 +105,15 @@ class SlidingKVCache(_BaseCache):
     def is_trimmable(self):
         return True
 
+    def can_trim(self, n: int) -> bool:
+        """Whether the buffer still holds what every query after a rollback of `n` tokens
+        sees (always true up to max_rollback; further while nothing needed was dropped,
+        e.g. a conversation shorter than the window)."""
+        return n <= self.max_rollback or self.start <= max(0, self.offset - n - self.window - 1)
+
     def trim(self, n: int) -> int:
-        if n > self.max_rollback:
-            raise ValueError(f"cannot roll back {n} tokens, at most {self.max_rollback}")
+        if not self.can_trim(n):
+            raise ValueError(f"cannot roll back {n} tokens: the sliding window dropped them")
         n = min(self.offset, n)
         self.offset -= n
         return n
@@ -125,6 +131,11 @@ def rollback(cache: list, n: int) -> None:
     if n > 0:
         for c in cache:
             c.trim(n)
+
+
+def can_rollback(cache: list, n: int) -> bool:
+    """Whether `rollback(cache, n)` is exact (full-attention layers keep every token)."""
+    return all(c.can_trim(n) for c in cache if isinstance(c, SlidingKVCache))
 
 
 def cache_offset(cache: list) -> int:
