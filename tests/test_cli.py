@@ -65,7 +65,7 @@ def subprocess_cli(*args):
 
 
 # -- help ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", [[], ["generate"], ["chat"], ["bench"], ["convert"]])
+@pytest.mark.parametrize("command", [[], ["generate"], ["chat"], ["bench"], ["serve"], ["convert"]])
 def test_help_shows_examples(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
