@@ -95,13 +95,15 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--chat", action="store_true", help="chat completions (needs a template)")
     p.add_argument("--timeout", type=float, default=600, help="seconds for the whole test")
+    p.add_argument("--request-timeout", type=float, default=120, help="seconds per request")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     proc = None
     url = args.url
     if url is None:
         proc, url = start_server(args.model, args.serve_args.split())
-    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=args.timeout)
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0,
+                           timeout=args.request_timeout)
     jobs = [(c, PROMPTS[(c + r) % len(PROMPTS)]) for c in range(args.clients)
             for r in range(args.requests)]
     results, errors = [], []
@@ -114,19 +116,21 @@ def main(argv=None) -> int:
                 errors.append(f"{type(e).__name__}: {e}")
 
     t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(args.clients)
     try:
-        with ThreadPoolExecutor(args.clients) as pool:
-            done, late = wait([pool.submit(client_loop, c) for c in range(args.clients)],
-                              timeout=args.timeout)
+        _, late = wait([pool.submit(client_loop, c) for c in range(args.clients)],
+                       timeout=args.timeout)
         wall = time.perf_counter() - t0
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # the bound holds even if a request hangs
         if proc is not None:
             proc.terminate()
             proc.wait(30)
     complete = [r for r in results if r["finish"] and r["usage"]]
+    errors += [f"no finish reason or usage: {r}" for r in results if r not in complete]
     report = {
         "clients": args.clients, "requests": len(jobs), "completed": len(complete),
-        "failed": len(errors), "lost": len(jobs) - len(results) - len(errors),
+        "failed": len(errors), "lost": len(jobs) - len(complete) - len(errors),
         "unfinished_clients": len(late), "wall_s": round(wall, 2),
         "requests_per_s": round(len(complete) / wall, 3),
         "ttft_s": {f"p{int(q * 100)}": round(pct([r["ttft"] for r in complete if r["ttft"]], q), 3)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -43,7 +44,7 @@ from .cli_options import (
     TopKOpt,
     TopPOpt,
 )
-from .errors import CliError, fail, first_line, say
+from .errors import UserError, fail, first_line, say
 from .live import PlainView, is_terminal
 from .request import ModelSpec, Request, SamplingParams
 
@@ -60,7 +61,7 @@ class _Group(TyperGroup):
             code = rv if isinstance(rv, int) else 0
             if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
                 say("interrupted")
-        except CliError as e:
+        except UserError as e:
             say(f"error: {e}")
             code = e.code
         except KeyboardInterrupt:
@@ -129,23 +130,24 @@ def model_spec(model: str, drafter: Path | None, no_draft: bool, dtype: DType | 
     return ModelSpec(model, drafter, no_draft, dtype.value if dtype else None, max_context)
 
 
-def make_request(
-    max_tokens: int, temp: float, top_p: float, top_k: int, min_p: float, seed: int | None,
-    no_draft: bool = False, num_draft: int | None = None, schedule: Schedule | None = None,
-    stop: list[str] | None = None, ignore_eos: bool = False,
-) -> Request:
-    """The one Request the command runs with, or a one-line error (exit 2)."""
+def draft_policy(no_draft: bool, num_draft: int | None, schedule: Schedule | None):
+    """Request.draft from the three flags that say it, or a one-line error (exit 2)."""
     if num_draft is not None and schedule is not None:
         fail("--num-draft and --draft-schedule exclude each other", 2)
     if no_draft and (num_draft is not None or schedule is not None):
         fail("--num-draft/--draft-schedule and --no-draft exclude each other", 2)
     if num_draft is not None and not 1 <= num_draft <= MAX_DRAFT:
         fail(f"--num-draft must be in 1..{MAX_DRAFT} (use --no-draft for none)", 2)
-    draft = "off" if no_draft else num_draft if num_draft is not None else (
-        schedule.value if schedule else None
-    )
-    sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-    request = Request(max_tokens, sampling, draft, tuple(stop or ()), ignore_eos)
+    if no_draft:
+        return "off"
+    return num_draft if num_draft is not None else (schedule.value if schedule else None)
+
+
+def make_request(max_tokens: int, *, sampling: SamplingParams | None = None, draft=None,
+                 stop: list[str] | None = None, ignore_eos: bool = False) -> Request:
+    """The one Request the command runs with, or a one-line error (exit 2)."""
+    request = Request(max_tokens, sampling or SamplingParams(), draft, tuple(stop or ()),
+                      ignore_eos)
     try:
         request.validate()
     except ValueError as e:
@@ -212,8 +214,9 @@ def generate(
     ] = None,
 ) -> None:
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
-    request = make_request(max_tokens, temp, top_p, top_k, min_p, seed, no_draft, num_draft,
-                           draft_schedule, stop, ignore_eos)
+    sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    request = make_request(max_tokens, sampling=sampling, stop=stop, ignore_eos=ignore_eos,
+                           draft=draft_policy(no_draft, num_draft, draft_schedule))
     spec = model_spec(model, drafter, no_draft, dtype, max_context)
     if raw and system:
         fail("--system needs the chat template (drop --raw)", 2)
@@ -284,8 +287,9 @@ def chat(
     """Talk with the model; its cache is kept, so a turn prefills only the new message."""
     from .chat import run_chat
 
-    request = make_request(max_tokens, temp, top_p, top_k, min_p, seed, no_draft, num_draft,
-                           draft_schedule, None, ignore_eos)
+    sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    request = make_request(max_tokens, sampling=sampling, ignore_eos=ignore_eos,
+                           draft=draft_policy(no_draft, num_draft, draft_schedule))
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
     if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
@@ -326,7 +330,7 @@ def bench(
 ) -> None:
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
-        make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, num_draft=k)
+        draft_policy(False, k, None)
     texts = load_prompts(prompts)
     engine = load_engine(model_spec(model, drafter, False, dtype))
     rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
@@ -395,25 +399,26 @@ def serve(
     """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
     from .fallback import BUNDLED_NAME
     from .resolve import resolve_model_path
-
-    request = make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, no_draft, num_draft,
-                           draft_schedule)
-    spec = model_spec(model, drafter, no_draft, dtype, max_context)
     from .server import ServerConfig, listen
     from .server import serve as run_server
 
+    default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule))
+    spec = model_spec(model, drafter, no_draft, dtype, max_context)
     try:
         sock = listen(host, port)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
     path = resolve_model_path(model)
+    cache_bytes = int(cache_gb * 1e9)
+    engine = load_engine(replace(spec, model=str(path), reserved_bytes=cache_bytes))
+    try:
+        default.validate(engine.drafting)  # e.g. --num-draft with a model that has no drafter
+    except ValueError as e:
+        fail(f"{e} (drop the drafter options, or pass --drafter)", 2)
     config = ServerConfig(
-        model_id=BUNDLED_NAME if path.name == BUNDLED_NAME else model,
-        api_key=api_key, max_queue=max_queue, cache_bytes=int(cache_gb * 1e9),
-        max_tokens=max_tokens, draft=request.draft,
+        model_id=BUNDLED_NAME if path.name == BUNDLED_NAME else model, api_key=api_key,
+        max_queue=max_queue, cache_bytes=cache_bytes, default=default,
     )
-    engine = load_engine(ModelSpec(str(path), spec.drafter, spec.no_draft, spec.dtype,
-                                   spec.max_context))
     run_server(engine, config, sock)
 
 

@@ -53,7 +53,7 @@ class Engine:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Engine:
-        """Resolve and load `spec`, refusing (CliError, one line) what cannot load or fit."""
+        """Resolve and load `spec`, refusing (UserError, one line) what cannot load or fit."""
         from .resolve import load_model
 
         pair, max_context = load_model(spec)

@@ -31,10 +31,11 @@ class MemoryPlan:
     context: int  # tokens the KV cache was sized for
     usable: int
     usable_source: str
+    reserved: int = 0  # kept for other uses (the server's prefix cache)
 
     @property
     def total(self) -> int:
-        return self.weights + self.drafter + self.kv_cache
+        return self.weights + self.drafter + self.kv_cache + self.reserved
 
     @property
     def fits(self) -> bool:
@@ -48,10 +49,13 @@ class MemoryPlan:
             hints.insert(0, f"a shorter context (`--max-context {fitting}`)")
         elif self.weights + self.drafter > self.usable:
             hints.insert(0, "a smaller model")
+        if self.reserved:
+            hints.append("a smaller `--cache-gb`")
+        reserved = f" + prefix cache {size(self.reserved)}" if self.reserved else ""
         return (
             f"the model needs {size(self.total)} (weights {size(self.weights)} + drafter "
-            f"{size(self.drafter)} + KV cache {size(self.kv_cache)} for {self.context} tokens) "
-            f"but {size(self.usable)} is usable ({self.usable_source}); "
+            f"{size(self.drafter)} + KV cache {size(self.kv_cache)} for {self.context} tokens"
+            f"{reserved}) but {size(self.usable)} is usable ({self.usable_source}); "
             f"try {' or '.join(hints)}"
         )
 
@@ -95,7 +99,7 @@ def usable_memory() -> tuple[int, str]:
     return pages * page, "RAM"
 
 
-def plan(pair, context: int) -> MemoryPlan:
+def plan(pair, context: int, reserved: int = 0) -> MemoryPlan:
     usable, source = usable_memory()
     drafter = parameter_bytes(pair.drafter) if pair.drafter is not None else 0
     return MemoryPlan(
@@ -105,18 +109,19 @@ def plan(pair, context: int) -> MemoryPlan:
         context=context,
         usable=usable,
         usable_source=source,
+        reserved=reserved,
     )
 
 
-def fitting_context(pair, limit: int) -> int:
+def fitting_context(pair, limit: int, reserved: int = 0) -> int:
     """The longest context (a multiple of 1024, at most `limit`) whose KV cache fits beside
-    the weights; 0 if none does."""
-    room = plan(pair, 0)
-    free = room.usable - room.weights - room.drafter
+    the weights (and what is reserved); 0 if none does."""
+    room = plan(pair, 0, reserved)
+    free = room.usable - room.total
     per_token = kv_cache_bytes(pair.target, limit) / limit
     if free <= 0 or per_token <= 0:
         return limit if free > 0 else 0
     context = min(limit, int(free / per_token) // 1024 * 1024)
-    while context > 0 and plan(pair, context).total > room.usable:  # sliding layers' floor
+    while context > 0 and not plan(pair, context, reserved).fits:  # sliding layers' floor
         context -= 1024
     return max(context, 0)

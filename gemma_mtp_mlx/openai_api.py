@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .request import Request, RequestError, SamplingParams
 
@@ -37,9 +37,9 @@ def bad(message: str, param: str | None = None) -> ApiError:
 # Fields that would change the answer, with the value that changes nothing (None: absent).
 UNSUPPORTED = {
     "tools": [], "tool_choice": "none", "functions": [], "function_call": "none",
-    "response_format": {"type": "text"}, "logprobs": False, "top_logprobs": None,
+    "response_format": {"type": "text"}, "logprobs": False, "top_logprobs": 0,
     "presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1,
-    "logit_bias": {}, "echo": False, "suffix": None, "best_of": 1, "n": 1,
+    "logit_bias": {}, "echo": False, "suffix": "", "best_of": 1, "n": 1,
     "audio": None, "modalities": ["text"], "prediction": None,
 }  # fmt: skip
 
@@ -88,10 +88,10 @@ def _stops(body: dict) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def _request(body: dict, default_max_tokens: int, draft: int | str | None) -> Request:
+def _request(body: dict, default: Request) -> Request:
     max_tokens = _number(body, "max_completion_tokens", None, int)
     if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", default_max_tokens, int)
+        max_tokens = _number(body, "max_tokens", default.max_tokens, int)
     if max_tokens <= 0:
         name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         raise bad(f"'{name}' must be at least 1", name)
@@ -102,7 +102,7 @@ def _request(body: dict, default_max_tokens: int, draft: int | str | None) -> Re
         min_p=_number(body, "min_p", 0.0, low=0.0, high=1.0),
         seed=_number(body, "seed", None, int),
     )
-    request = Request(max_tokens, sampling, draft, _stops(body))
+    request = replace(default, max_tokens=max_tokens, sampling=sampling, stop=_stops(body))
     try:
         request.validate()
     except RequestError as e:
@@ -113,9 +113,10 @@ def _request(body: dict, default_max_tokens: int, draft: int | str | None) -> Re
 def _stream_flags(body: dict) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     options = body.get("stream_options") or {}
-    if not isinstance(stream, bool) or not isinstance(options, dict):
-        raise bad("'stream' must be a boolean and 'stream_options' an object", "stream")
-    return stream, bool(options.get("include_usage", False))
+    include_usage = options.get("include_usage", False) if isinstance(options, dict) else None
+    if not isinstance(stream, bool) or not isinstance(include_usage, bool):
+        raise bad("'stream' and 'stream_options.include_usage' must be booleans", "stream")
+    return stream, include_usage
 
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -166,13 +167,14 @@ def _prompt(body: dict) -> str | list[int]:
     raise bad("'prompt' must be a non-empty string or token id list (one prompt)", "prompt")
 
 
-def parse(body, chat: bool, default_max_tokens: int, draft=None) -> Parsed:
-    """A chat (`messages`) or text completion (`prompt`) request body, checked."""
+def parse(body, chat: bool, default: Request) -> Parsed:
+    """A chat (`messages`) or text completion (`prompt`) request body, checked; what the
+    body does not say comes from `default` (the server's budget and draft policy)."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     _check_unsupported(body)
     stream, include_usage = _stream_flags(body)
-    request = _request(body, default_max_tokens, draft)
+    request = _request(body, default)
     if chat:
         return Parsed(request, stream, include_usage, messages=_messages(body))
     return Parsed(request, stream, include_usage, prompt=_prompt(body))

@@ -5,8 +5,13 @@ command line can build these before anything heavy is imported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Below this a temperature is greedy, its limit: float32 logits / 1e-40 overflow to inf.
+GREEDY_BELOW = 1e-5
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
 
 
 @dataclass(frozen=True)
@@ -19,11 +24,15 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW
 
     def validate(self) -> None:
+        if not all(map(math.isfinite, (self.temperature, self.top_p, self.min_p))):
+            raise ValueError("temperature, top-p and min-p must be finite numbers")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError("seed must be in 0..2**63-1")
         if self.top_k < 0:
             raise ValueError("top-k must be >= 0")
         if not 0.0 < self.top_p <= 1.0:
@@ -54,6 +63,7 @@ class ModelSpec:
     no_draft: bool = False
     dtype: str | None = None  # "bfloat16", "float16", "float32"; None: the checkpoint's
     max_context: int | None = None  # tokens; None: the model's own limit
+    reserved_bytes: int = 0  # memory kept for other uses (the server's prefix cache)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,9 @@ class Request:
             raise RequestError("no drafter is loaded")
         if any(not s for s in self.stop):
             raise RequestError("stop strings must not be empty")
+        if len(self.stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise RequestError(f"at most {MAX_STOPS} stop strings of {MAX_STOP_CHARS} "
+                               "characters each")
 
     @property
     def drafts(self) -> bool:

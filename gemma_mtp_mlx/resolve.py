@@ -74,13 +74,14 @@ def load_model(spec):
         if spec.max_context is not None and not 1 < spec.max_context <= limit:
             fail(f"--max-context must be in 2..{limit} (this model's context)", 2)
         context = spec.max_context or limit
-        memory = plan(pair, context)
-        fits = context if memory.fits else fitting_context(pair, limit)
+        reserved = spec.reserved_bytes
+        memory = plan(pair, context, reserved)
+        fits = context if memory.fits else fitting_context(pair, limit, reserved)
         if not memory.fits and spec.max_context is None and fits >= MIN_CONTEXT:
             # No context asked: the longest that fits, as Ollama does, if it is a useful one.
             say(f"note: context {fits} tokens (of {limit}) to fit in memory "
                 f"({size(memory.usable)} usable, {memory.usable_source})")
-            context, memory = fits, plan(pair, fits)
+            context, memory = fits, plan(pair, fits, reserved)
         if not memory.fits:
             fail(memory.refusal(fits))
         materialize(pair)

@@ -42,8 +42,8 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 16  # requests waiting beyond the one being answered
     cache_bytes: int = 2 * 10**9  # the prefix cache's budget
-    max_tokens: int = 2048  # a request's budget when it names none
-    draft: int | str | None = None  # the draft policy of every request (Request.draft)
+    default: Request = field(default_factory=lambda: Request(max_tokens=2048))
+    # what a request does not say: its budget, and the draft policy of every request
     max_body_bytes: int = 4 * 2**20
 
 
@@ -55,6 +55,7 @@ class Job:
     out: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     cached: int = 0  # prompt tokens the prefix cache held
+    state: str = "queued"  # then "running", or "dropped" if cancelled while queued
 
     def emit(self, kind: str, item=None) -> None:
         """From the worker thread: hand ("chunk", text) / ("done", stats) / ("error",
@@ -70,10 +71,11 @@ class Worker:
     main thread: the one that loaded the engine and owns everything MLX touches)."""
 
     def __init__(self, engine, config: ServerConfig):
+        from .decoding import PREFILL_CHUNK
         from .prefix_cache import PrefixCache
 
         self.engine, self.config = engine, config
-        self.cache = PrefixCache(engine.new_session, config.cache_bytes)
+        self.cache = PrefixCache(engine.new_session, config.cache_bytes, PREFILL_CHUNK)
         self.jobs: queue.Queue = queue.Queue()
         self.pending = 0  # jobs queued or being answered
         self.lock = threading.Lock()
@@ -88,6 +90,15 @@ class Worker:
             self.pending += 1
         self.jobs.put(job)
 
+    def cancel(self, job: Job) -> None:
+        """From a handler whose client went away: stop the job; a queued one frees its place
+        in the queue at once."""
+        job.cancelled.set()
+        with self.lock:
+            if job.state == "queued":
+                job.state = "dropped"
+                self.pending -= 1
+
     def run(self, alive=lambda: True) -> None:
         """Answer jobs until `stopping` is set or `alive()` turns false."""
         while not self.stopping.is_set() and alive():
@@ -95,6 +106,10 @@ class Worker:
                 job = self.jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
+            with self.lock:
+                if job.state == "dropped":
+                    continue
+                job.state = "running"
             last = self._answer(job) if not self.cancelled(job) else None
             with self.lock:  # before the last item: the client may send its next request
                 self.pending -= 1
@@ -107,13 +122,10 @@ class Worker:
     def _answer(self, job: Job) -> tuple[str, object]:
         """Stream the job's text pieces; returns its last item: ("done", stats) or
         ("error", ApiError)."""
-        session, job.cached = self.cache.take(job.prompt_ids)
-        tokens: list[int] = []
+        job.cached, chunks = self.cache.stream(self.engine, job.prompt_ids, job.request)
         stats = None
-        stream = self.engine.stream(job.prompt_ids[job.cached :], job.request, session)
         try:
-            for chunk in stream:
-                tokens += chunk.tokens
+            for chunk in chunks:
                 stats = chunk.stats
                 if self.cancelled(job):
                     break
@@ -124,8 +136,7 @@ class Worker:
             log.exception("request failed")
             return "error", ApiError(500, f"internal error: {first_line(e)}", kind="server_error")
         finally:
-            stream.close()
-        self.cache.put(session, job.prompt_ids + tokens)
+            chunks.close()
         return "done", stats
 
 
@@ -161,13 +172,18 @@ def make_app(worker: Worker) -> Starlette:
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         return error_response(request, ApiError(exc.status_code, exc.detail, kind=kind))
 
+    async def bug(request: HttpRequest, exc: Exception) -> Response:
+        log.error("request failed", exc_info=exc)  # a server bug: its traceback is wanted
+        error = ApiError(500, f"internal error: {first_line(exc)}", kind="server_error")
+        return error_response(request, error)
+
     routes = [
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: bug})
     app.state.worker = worker
     return app
 
@@ -203,9 +219,15 @@ async def read_json(request: HttpRequest, limit: int):
         if len(body) > limit:
             raise ApiError(413, f"request body over {limit} bytes", code="body_too_large")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(body, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise api.bad(f"invalid JSON body: {first_line(e)}") from None
+    except RecursionError:
+        raise api.bad("invalid JSON body: nested too deeply") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def prompt_ids(engine, parsed: api.Parsed) -> list[int]:
@@ -215,7 +237,10 @@ def prompt_ids(engine, parsed: api.Parsed) -> list[int]:
             if max(parsed.prompt) >= engine.target.vocab_size:
                 raise api.bad("'prompt' holds a token id outside the vocabulary", "prompt")
             return list(parsed.prompt)
-        return engine.encode(parsed.prompt, raw=True)
+        try:
+            return engine.encode(parsed.prompt, raw=True)
+        except Exception as e:  # e.g. lone surrogates the tokenizer cannot encode
+            raise api.bad(f"cannot tokenize the prompt: {first_line(e)}", "prompt") from None
     if not engine.has_chat_template:
         raise api.bad("this model has no chat template: use /v1/completions", "messages")
     role = engine.model_role
@@ -233,83 +258,101 @@ async def _complete(worker: Worker, request: HttpRequest, chat: bool) -> Respons
     try:
         check_key(request, config.api_key)
         body = await read_json(request, config.max_body_bytes)
-        parsed = api.parse(body, chat, config.max_tokens, config.draft)
+        parsed = api.parse(body, chat, config.default)
         ids = prompt_ids(engine, parsed)
-        if len(ids) >= engine.max_context:
-            raise ApiError(400, f"the prompt ({len(ids)} tokens) does not fit the context of "
-                           f"{engine.max_context} tokens", "messages" if chat else "prompt",
-                           code="context_length_exceeded")
+        try:
+            engine.check_context(None, ids)
+        except RequestError as e:
+            raise ApiError(400, str(e), "messages" if chat else "prompt", code=_code(e)) from None
         job = Job(ids, parsed.request, asyncio.get_running_loop())
         worker.submit(job)
     except ApiError as e:
         return error_response(request, e)
-    rid = api.new_id(chat)
+    reply = Reply(request, worker, job, parsed, api.new_id(chat), chat)
     if parsed.stream:
         return StreamingResponse(
-            _events(request, job, parsed, rid, chat, config.model_id),
-            media_type="text/event-stream",
+            reply.events(), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _whole(request, job, rid, chat, config.model_id)
+    return await reply.whole()
 
 
-async def _next(request: HttpRequest, job: Job):
-    """The job's next item, or None when the client has gone (the job is then cancelled)."""
-    while True:
+@dataclass
+class Reply:
+    """One answer on its way to its client: whole, or as server-sent events."""
+
+    request: HttpRequest
+    worker: Worker
+    job: Job
+    parsed: api.Parsed
+    rid: str
+    chat: bool
+    t0: float = field(default_factory=time.perf_counter)
+
+    async def next(self):
+        """The job's next item, or None when the client has gone (the job is then
+        cancelled)."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.job.out.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await self.request.is_disconnected():
+                    self.worker.cancel(self.job)
+                    return None
+
+    def body(self, text: str | None, finish: str | None = None, first=False) -> str:
+        chunk = api.chunk_body(self.chat, self.rid, self.worker.config.model_id, text, finish,
+                               first)
+        return sse(chunk)
+
+    async def whole(self) -> Response:
+        text = []
+        while (item := await self.next()) is not None:
+            kind, value = item
+            if kind == "chunk":
+                text.append(value)
+            elif kind == "error":
+                return error_response(self.request, value)
+            else:
+                log_line(self.request, 200, summary(value, self.job.cached, self.t0))
+                return JSONResponse(api.completion_body(
+                    self.chat, self.rid, self.worker.config.model_id, "".join(text), value,
+                    self.job.cached))
+        log_line(self.request, 499, "client went away")
+        return Response(status_code=499)
+
+    async def events(self):
+        """Server-sent events in the OpenAI chunk format, ending with `data: [DONE]`."""
+        first, ended = True, False
         try:
-            return await asyncio.wait_for(job.out.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled.set()
-                return None
-
-
-async def _whole(request: HttpRequest, job: Job, rid: str, chat: bool, model: str) -> Response:
-    text, t0 = [], time.perf_counter()
-    while (item := await _next(request, job)) is not None:
-        kind, value = item
-        if kind == "chunk":
-            text.append(value)
-        elif kind == "error":
-            return error_response(request, value)
-        else:
-            log_line(request, 200, summary(value, job.cached, t0))
-            return JSONResponse(api.completion_body(chat, rid, model, "".join(text), value,
-                                                    job.cached))
-    log_line(request, 499, "client went away")
-    return Response(status_code=499)
+            while (item := await self.next()) is not None:
+                kind, value = item
+                if kind == "chunk" and (value or first):
+                    yield self.body(value, first=first)
+                    first = False
+                elif kind == "error":
+                    ended = True
+                    log_line(self.request, value.status, value.message)
+                    yield sse(value.body())
+                    return
+                elif kind == "done":
+                    ended = True
+                    yield self.body(None, value.finish_reason, first)
+                    if self.parsed.include_usage:
+                        yield sse(api.usage_chunk(self.chat, self.rid,
+                                                  self.worker.config.model_id, value,
+                                                  self.job.cached))
+                    log_line(self.request, 200, summary(value, self.job.cached, self.t0))
+                    yield "data: [DONE]\n\n"
+                    return
+        finally:  # also when the client disconnects mid-stream (the task is then cancelled)
+            self.worker.cancel(self.job)
+            if not ended:
+                log_line(self.request, 499, "client went away: generation cancelled")
 
 
 def sse(body: dict) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-
-async def _events(request, job: Job, parsed: api.Parsed, rid: str, chat: bool, model: str):
-    """Server-sent events in the OpenAI chunk format, ending with `data: [DONE]`."""
-    t0, first, ended = time.perf_counter(), True, False
-    try:
-        while (item := await _next(request, job)) is not None:
-            kind, value = item
-            if kind == "chunk" and (value or first):
-                yield sse(api.chunk_body(chat, rid, model, value, None, first))
-                first = False
-            elif kind == "error":
-                ended = True
-                log_line(request, value.status, value.message)
-                yield sse(value.body())
-                return
-            elif kind == "done":
-                ended = True
-                yield sse(api.chunk_body(chat, rid, model, None, value.finish_reason, first))
-                if parsed.include_usage:
-                    yield sse(api.usage_chunk(chat, rid, model, value, job.cached))
-                log_line(request, 200, summary(value, job.cached, t0))
-                yield "data: [DONE]\n\n"
-                return
-    finally:  # also when the client disconnects mid-stream (the task is then cancelled)
-        job.cancelled.set()
-        if not ended:
-            log_line(request, 499, "client went away: generation cancelled")
 
 
 def summary(stats, cached: int, t0: float) -> str:

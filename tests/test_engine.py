@@ -81,11 +81,21 @@ def test_stop_prefix_is_held_back():
         (Request(draft="sometimes"), "draft must be"),
         (Request(sampling=SamplingParams(top_p=0.0)), "top-p"),
         (Request(stop=("",)), "stop"),
+        (Request(stop=("x",) * 17), "at most 16"),
+        (Request(sampling=SamplingParams(temperature=float("nan"))), "finite"),
+        (Request(sampling=SamplingParams(temperature=1.0, seed=-1)), "seed"),
     ],
 )
 def test_bad_requests_are_refused_in_one_line(request_, words):
     with pytest.raises(RequestError, match=words):
         request_.validate()
+
+
+def test_a_vanishing_temperature_is_greedy():
+    e = engine("e2b_tiny")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    tiny = Request(max_tokens=6, sampling=SamplingParams(temperature=1e-40, seed=1))
+    assert e.run(ids, tiny).token_ids == e.run(ids, Request(max_tokens=6)).token_ids
 
 
 def test_drafting_without_a_drafter_is_refused():

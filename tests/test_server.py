@@ -67,7 +67,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server("--max-context", "512")
+    s = Server("--max-context", "1024")
     yield s
     s.stop()
 
@@ -130,12 +130,14 @@ def test_raw_stream_ends_with_done(server):
 
 def test_follow_up_turn_reuses_the_cache_and_answers_the_same(server):
     client = server.client()
-    first = [{"role": "user", "content": "What is a hash map?"}]
+    # Long enough for a whole prefill chunk (512 tokens): what the cache reuses exactly.
+    notes = " ".join(f"note {i}: keys hash to buckets." for i in range(26))
+    first = [{"role": "user", "content": f"{notes}\nWhat is a hash map?"}]
     a1 = chat(client, first, max_tokens=10).choices[0].message.content
     follow = first + [{"role": "assistant", "content": a1},
                       {"role": "user", "content": "And a tree?"}]
     a2 = chat(client, follow, max_tokens=10)
-    assert a2.usage.prompt_tokens_details.cached_tokens > 0
+    assert a2.usage.prompt_tokens_details.cached_tokens == 512
     e = engine("e2b_tiny")
     role = e.model_role
     ids = e.encode_chat([dict(m, role=role if m["role"] == "assistant" else m["role"])
@@ -161,9 +163,17 @@ def test_follow_up_turn_reuses_the_cache_and_answers_the_same(server):
         ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400, "logprobs"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
          "only text"),
-        ({"messages": [{"role": "user", "content": "word " * 600}]}, 400,
-         "does not fit the context of 512"),
+        ({"messages": [{"role": "user", "content": "word " * 1100}]}, 400,
+         "does not fit the context of 1024"),
         ([1, 2], 400, "JSON object"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', 400,
+         "NaN is not a JSON number"),
+        (b"[" * 100000 + b"]" * 100000, 400, "nested too deeply"),
+        ({"messages": [{"role": "user", "content": "x"}], "seed": -1}, 400, "seed"),
+        ({"messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 17}, 400,
+         "at most 16 stop strings"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": True,
+          "stream_options": {"include_usage": "no"}}, 400, "must be booleans"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_an_error_body(server, body, status, words):
@@ -180,12 +190,15 @@ def test_more_bad_requests(server):
     assert r.status_code == 400 and "echo" in r.json()["error"]["message"]
     r = server.post("/completions", {"prompt": ["a", "b"]})
     assert r.status_code == 400 and "one prompt" in r.json()["error"]["message"]
+    r = server.post("/completions", b'{"prompt": "hi \\ud800"}')  # a lone surrogate
+    assert r.status_code == 400 and "tokenize" in r.json()["error"]["message"]
     r = httpx.get(server.url + "/nothing")
     assert r.status_code == 404 and r.json()["error"]["message"]
     # accepted and harmless: fields that change nothing here
     r = server.post("/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                                           "max_tokens": 2, "user": "me", "presence_penalty": 0,
-                                          "stream_options": None, "model": "anything"})
+                                          "stream_options": None, "model": "anything",
+                                          "suffix": "", "top_logprobs": 0})
     assert r.status_code == 200, r.text
     returncode, log = server.proc.poll(), "".join(server.lines)
     assert returncode is None and "Traceback" not in log

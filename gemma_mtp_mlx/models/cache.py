@@ -105,6 +105,22 @@ class SlidingKVCache(_BaseCache):
     def is_trimmable(self):
         return True
 
+    def copy_before(self, end: int, n: int) -> tuple[mx.array, mx.array]:
+        """Copies of the `n` entries before absolute position `end` (which must be held)."""
+        first = max(end - n, 0)
+        assert first >= self.start and end <= self.offset, "those entries are not held"
+        a, b = first - self.start, end - self.start
+        return mx.array(self.keys[..., a:b, :]), mx.array(self.values[..., a:b, :])
+
+    @classmethod
+    def resumed(cls, window: int, max_rollback: int, keys, values, end: int):
+        """A cache at position `end` holding `keys`/`values` as its entries just before it
+        (copy_before's output): attention from `end` on sees what it saw the first time."""
+        cache = cls(window, max_rollback)
+        cache.keys, cache.values = keys, values
+        cache.offset, cache.start = end, end - keys.shape[2]
+        return cache
+
     def can_trim(self, n: int) -> bool:
         """Whether the buffer still holds what every query after a rollback of `n` tokens
         sees (always true up to max_rollback; further while nothing needed was dropped,
