@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from .benchmark import bench_table, load_prompts, run_bench
 from .cli_options import (
@@ -42,14 +42,31 @@ from .cli_options import (
     TempOpt,
     TopKOpt,
     TopPOpt,
+    VerboseOpt,
 )
 from .errors import CliError, fail, first_line, say
 from .live import PlainView, is_terminal
 from .request import ModelSpec, Request, SamplingParams
 
 
+def _plain_flags(params):
+    """On/off options shown as plain flags in --help (typer writes `--raw <bool>`)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
 class _Group(TyperGroup):
     """Every failure as one line on stderr, whatever raised it (click, typer or us)."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if hasattr(signal, "SIGPIPE") and sys.stdout is sys.__stdout__:
@@ -154,9 +171,28 @@ def make_request(
 
 
 def load_engine(spec: ModelSpec):
+    """The engine, its load phases starting with this process's own start-up."""
     from .engine import Engine
+    from .timing import process_age
 
-    return Engine.load(spec)
+    startup = process_age()
+    engine = Engine.load(spec)
+    engine.load_times = {"startup": startup, **engine.load_times}
+    return engine
+
+
+def load_phases(engine) -> str:
+    """--verbose: where the time before the first token went."""
+    phases = " · ".join(f"{k} {v:.2f}" for k, v in engine.load_times.items())
+    return f"load {engine.load_seconds:.2f} s: {phases} (then TTFT: the prefill)"
+
+
+def base_model_note(engine) -> None:
+    """Said once, where the bundled base model answers through the chat template."""
+    from .fallback import BASE_MODEL_NOTE, is_bundled
+
+    if is_bundled(engine.path):
+        say(BASE_MODEL_NOTE)
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -183,7 +219,7 @@ GENERATE_EXAMPLES = (
 )
 
 
-@app.command(epilog=GENERATE_EXAMPLES)
+@app.command(cls=_Command, epilog=GENERATE_EXAMPLES)
 def generate(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[
@@ -208,8 +244,10 @@ def generate(
     dtype: DTypeOpt = None,
     max_context: MaxContextOpt = None,
     stop: Annotated[
-        list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")
+        list[str] | None,
+        typer.Option("--stop", metavar="<str>", help="Stop at this string (repeatable)."),
     ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
     request = make_request(max_tokens, temp, top_p, top_k, min_p, seed, no_draft, num_draft,
@@ -219,6 +257,10 @@ def generate(
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
     engine = load_engine(spec)
+    if system and not engine.has_chat_template:
+        fail("--system needs a chat template, and this model has none", 2)
+    if not raw:
+        base_model_note(engine)
     ids = engine.encode(text, system=system, raw=raw)
     if not ids:
         fail("empty prompt: it encodes to no tokens", 2)
@@ -227,16 +269,20 @@ def generate(
     try:
         if json_out:
             result = engine.run(ids, request)
-            out = {"text": result.text, "token_ids": result.token_ids, **result.stats.to_dict()}
+            out = {"text": result.text, "token_ids": result.token_ids, **result.stats.to_dict(),
+                   "load_s": round(engine.load_seconds, 3),
+                   "load_phases": {k: round(v, 3) for k, v in engine.load_times.items()}}
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
             sys.stdout.flush()
-            return
-        print_answer(engine.stream(ids, request), engine.drafting and request.drafts)
+        else:
+            print_answer(engine, engine.stream(ids, request), engine.drafting and request.drafts)
     except RequestError as e:
         fail(str(e), 2)
+    if verbose:
+        say(load_phases(engine))
 
 
-def print_answer(stream, drafting: bool) -> None:
+def print_answer(engine, stream, drafting: bool) -> None:
     """The answer to stdout as it comes, the stats line to stderr."""
     view = PlainView()
     stats = None
@@ -249,7 +295,7 @@ def print_answer(stream, drafting: bool) -> None:
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
-    view.finish(stats, drafting)
+    view.finish(stats, drafting, load_s=engine.load_seconds)
 
 
 # -- chat --------------------------------------------------------------------------------------
@@ -263,7 +309,7 @@ CHAT_EXAMPLES = (
 )
 
 
-@app.command(epilog=CHAT_EXAMPLES)
+@app.command(cls=_Command, epilog=CHAT_EXAMPLES)
 def chat(
     model: ModelOpt = DEFAULT_MODEL,
     system: SystemOpt = None,
@@ -280,6 +326,7 @@ def chat(
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
     max_context: MaxContextOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Talk with the model; its cache is kept, so a turn prefills only the new message."""
     from .chat import run_chat
@@ -289,7 +336,9 @@ def chat(
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
     if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
-    run_chat(engine, request, system)
+    base_model_note(engine)
+    run_chat(engine, request, system, on_first_turn=(lambda: say(load_phases(engine))) if verbose
+             else None)
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -301,7 +350,7 @@ BENCH_EXAMPLES = (
 )
 
 
-@app.command(epilog=BENCH_EXAMPLES)
+@app.command(cls=_Command, epilog=BENCH_EXAMPLES)
 def bench(
     model: ModelOpt = DEFAULT_MODEL,
     prompts: Annotated[
@@ -317,23 +366,26 @@ def bench(
         typer.Option(
             "--num-draft",
             "-k",
+            metavar="<int>",
             help="Also a row with this fixed draft length (repeatable).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
     drafter: DrafterOpt = None,
+    no_draft: NoDraftOpt = False,
     dtype: DTypeOpt = None,
 ) -> None:
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
-        make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, num_draft=k)
+        make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, no_draft, num_draft=k)
     texts = load_prompts(prompts)
-    engine = load_engine(model_spec(model, drafter, False, dtype))
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype))
     rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
 
     if json_out:
         out = {
             "model": str(engine.path),
+            "drafter": engine.drafter_name,
             "max_tokens": max_tokens,
             "runs": runs,
             "prompts": texts,
@@ -343,7 +395,7 @@ def bench(
         }
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        bench_table(rows, texts, str(engine.path), runs)
+        bench_table(rows, texts, str(engine.path), runs, engine.drafting)
     if mismatches:
         for m in mismatches:
             say(
@@ -363,7 +415,7 @@ SERVE_EXAMPLES = (
 )
 
 
-@app.command(epilog=SERVE_EXAMPLES)
+@app.command(cls=_Command, epilog=SERVE_EXAMPLES)
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -393,8 +445,7 @@ def serve(
     max_context: MaxContextOpt = None,
 ) -> None:
     """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
-    from .fallback import BUNDLED_NAME
-    from .resolve import resolve_model_path
+    from .fallback import BUNDLED_NAME, is_bundled
 
     request = make_request(max_tokens, 0.0, 1.0, 0, 0.0, None, no_draft, num_draft,
                            draft_schedule)
@@ -406,14 +457,13 @@ def serve(
         sock = listen(host, port)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
-    path = resolve_model_path(model)
+    engine = load_engine(spec)
+    base_model_note(engine)
     config = ServerConfig(
-        model_id=BUNDLED_NAME if path.name == BUNDLED_NAME else model,
+        model_id=BUNDLED_NAME if is_bundled(engine.path) else model,
         api_key=api_key, max_queue=max_queue, cache_bytes=int(cache_gb * 1e9),
         max_tokens=max_tokens, draft=request.draft,
     )
-    engine = load_engine(ModelSpec(str(path), spec.drafter, spec.no_draft, spec.dtype,
-                                   spec.max_context))
     run_server(engine, config, sock)
 
 
@@ -427,7 +477,7 @@ CONVERT_EXAMPLES = (
 )
 
 
-@app.command(epilog=CONVERT_EXAMPLES)
+@app.command(cls=_Command, epilog=CONVERT_EXAMPLES)
 def convert(
     target: Annotated[
         str, typer.Option("--target", help="Target: a hub repo id or a local folder.")
@@ -492,7 +542,7 @@ DISTILL_EXAMPLES = (
 )
 
 
-@app.command(epilog=DISTILL_EXAMPLES)
+@app.command(cls=_Command, epilog=DISTILL_EXAMPLES)
 def distill(
     model: Annotated[str, typer.Option("--model", "-m", help="Target model folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Drafter folder to write.")],

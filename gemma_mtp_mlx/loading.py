@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class ModelPair:
     tokenizer: object  # tokenizer.Tokenizer (mlx-lm's wrapper for tokenizer.model-only folders)
     eos_ids: set[int] = field(default_factory=set)
     path: Path | None = None
+    drafter_path: Path | None = None
+    load_times: dict[str, float] = field(default_factory=dict)  # phase -> seconds
 
 
 def read_config(path: Path) -> dict:
@@ -248,8 +251,9 @@ def load_pair(
     path = Path(path)
     target_dir, found_drafter = resolve_pair_dirs(path)
     mx_dtype = DTYPES[dtype] if dtype else None
+    start = time.perf_counter()
     target = load_target(target_dir, mx_dtype, lazy)
-    drafter = None
+    drafter = dpath = None
     if use_drafter:
         dpath = Path(drafter_path) if drafter_path else found_drafter
         if dpath is None:
@@ -264,15 +268,19 @@ def load_pair(
             raise
         except ModelLoadError as e:
             raise DrafterLoadError(str(e)) from None
+    built = time.perf_counter()
     try:
         tokenizer = load_tokenizer(target_dir)
-    except Exception as e:  # transformers raises many types here
-        raise ModelLoadError(f"{target_dir}: cannot load the tokenizer: {e}") from None
-    return ModelPair(target, drafter, tokenizer, eos_ids(target_dir, tokenizer), path)
+    except Exception as e:  # tokenizers and transformers raise many types here
+        raise ModelLoadError(f"{target_dir}: cannot load the tokenizer: {first_line(e)}") from None
+    times = {"model": built - start, "tokenizer": time.perf_counter() - built}
+    return ModelPair(target, drafter, tokenizer, eos_ids(target_dir, tokenizer), path, dpath,
+                     times)
 
 
 def materialize(pair: ModelPair) -> None:
     """Read a lazily loaded pair's weights into memory."""
+    start = time.perf_counter()
     for model, where in ((pair.target.lm, pair.path), (pair.drafter, "the drafter")):
         if model is None:
             continue
@@ -280,3 +288,4 @@ def materialize(pair: ModelPair) -> None:
             mx.eval(model.parameters())
         except (RuntimeError, ValueError, OSError) as e:
             raise ModelLoadError(f"{where}: cannot read the weights: {first_line(e)}") from None
+    pair.load_times["weights"] = time.perf_counter() - start

@@ -29,7 +29,8 @@ FAST = ["--dtype", "float32", "--max-tokens", "8"]
 JSON_KEYS = {
     "text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_per_round",
-    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb",
+    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb", "drafter",
+    "load_s", "load_phases",
 }  # fmt: skip
 TURN = re.compile(r"turn (\d+) · (\d+) tokens · .*?prefill (\d+) tok \(cached (\d+)\)")
 
@@ -70,6 +71,14 @@ def test_help_shows_examples(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
     assert "Examples" in result.stdout and "gemma-mtp" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "bench", "serve", "convert"])
+def test_help_shows_flags_as_plain_flags(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "list[" not in result.stdout
+    assert "--help" in result.stdout
 
 
 def test_no_arguments_prints_help():
@@ -116,6 +125,13 @@ def test_json_keys_and_drafting_changes_nothing(fixture):
     assert drafted["text"] == plain["text"]
     assert drafted["draft_rounds"] > 0 and plain["draft_rounds"] == 0
     assert drafted["draft_rounds"] == len(drafted["draft_lengths"])
+    # which drafter ran, if any; no rate where nothing was drafted
+    assert drafted["drafter"] == str(fixture / "drafter") and plain["drafter"] is None
+    assert 0 <= drafted["acceptance_rate"] <= 1 and plain["acceptance_rate"] is None
+    assert plain["mean_accepted_per_round"] is None
+    assert drafted["load_s"] == pytest.approx(sum(drafted["load_phases"].values()), abs=0.01)
+    assert {"startup", "tokenizer", "weights", "calibration"} <= drafted["load_phases"].keys()
+    assert "calibration" not in plain["load_phases"]  # nothing to calibrate without drafts
     assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
 
 
@@ -182,7 +198,7 @@ def test_missing_drafter_suggests_no_draft():
     line = one_error_line(run("generate", "-m", TARGET_ONLY, "--prompt", "hi"), 1)
     assert "--no-draft" in line
     ok = run("generate", "-m", TARGET_ONLY, "--prompt", "hi", "--no-draft", *FAST)
-    assert ok.exit_code == 0 and "drafter off" in ok.stderr
+    assert ok.exit_code == 0 and "drafter off" in ok.stderr and "acceptance" not in ok.stderr
 
 
 @pytest.fixture
@@ -229,24 +245,6 @@ def test_hub_id_goes_through_resolve_model(monkeypatch):
     fake.resolve_model = broken
     line = one_error_line(run("generate", "-m", "someone/nothing", "--prompt", "hi"), 1)
     assert "repository not found" in line and "gemma-mtp convert" in line
-
-
-def test_offline_default_falls_back_to_the_bundled_pair(monkeypatch):
-    """No cache, no hub: the default model becomes the bundled pair, with a notice."""
-    import gemma_mtp_mlx.convert as convert
-    import gemma_mtp_mlx.fallback as fallback
-
-    def unreachable(spec, **kw):
-        raise convert.HubUnreachable(f"{spec}: cannot reach the Hugging Face Hub")
-
-    monkeypatch.setattr(convert, "resolve_model", unreachable)
-    monkeypatch.setattr(fallback, "bundled_pair", lambda **kw: E2B)
-    result = run("generate", "--prompt", "hi", *FAST)
-    assert result.exit_code == 0, result.stderr
-    assert "bundled Gemma 3 270M" in result.stderr and result.stdout
-    # An explicit hub id is never swapped for another model.
-    line = one_error_line(run("generate", "-m", "google/gemma-4-E2B-it", "--prompt", "hi"), 1)
-    assert "cannot reach" in line
 
 
 def test_hub_id_without_converter(monkeypatch):
@@ -314,6 +312,19 @@ def test_bench_outputs_identical(tmp_path):
     table = run(*args)
     assert table.exit_code == 0
     assert "same output" in table.stdout and "NO" not in table.stdout
+
+
+def test_bench_without_a_drafter_is_one_plain_row_and_says_so():
+    args = ["bench", "-m", TARGET_ONLY, "--no-draft", "--runs", "1", *FAST]
+    result = run(*args, "--json")  # the three built-in prompts
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["drafter"] is None and data["identical"]
+    assert {r["mode"] for r in data["rows"]} == {"plain"} and len(data["rows"]) == 3
+    assert all(r["acceptance_rate"] is None for r in data["rows"])
+    table = run(*args)
+    assert "no drafter: plain decoding only" in table.stdout
+    assert "mtp auto" not in table.stdout and "acceptance" not in table.stdout
 
 
 def test_bench_reports_a_mismatch_loudly(monkeypatch):

@@ -557,6 +557,7 @@ def test_streaming_peak_memory(tmp_path):
         f"""
         import json, time, mlx.core as mx
         from gemma_mtp_mlx.convert import convert_pair
+        import mlx_lm.utils  # the converter's (with transformers): imported before the baseline
         def status(key):
             for line in open("/proc/self/status"):
                 if line.startswith(key):
