@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from gemma_mtp_mlx.progress import byte_bar
+from gemma_mtp_mlx.tokenizer_cache import default_cache_dir
 
 from .errors import ConvertError
 from .plan import ModelPlan, check_drafter, check_options, plan_model, skeleton
@@ -220,11 +221,6 @@ def _quantize_in_place(folder: Path, bits: int, group_size: int) -> None:
 
 
 # -- resolve_model: what the CLI's -m accepts ---------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("GEMMA_MTP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gemma-mtp"
 
 
 def cache_name(repo_id: str, bits: int | None) -> str:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.segment import Segment
 from rich.table import Table
@@ -267,6 +266,8 @@ class StreamView:
         )
 
     def _body(self):
+        from rich.markdown import Markdown  # (markdown-it: imported only for a terminal)
+
         text = _printable(self.text)
         return Markdown(text) if self.markdown else Text(text)
 

@@ -92,11 +92,11 @@ def load_model(spec, progress: bool | None = None):
     """(the model pair, its context limit) for a ModelSpec, or one line saying what is wrong
     (never a silent fallback). The weights are sized against memory before they are read."""
     start = time.perf_counter()
-    resolved = resolve_model(spec, progress)
-    resolving = time.perf_counter()
     from .loading import DrafterLoadError, ModelLoadError, load_pair, materialize  # MLX
 
-    times = {"resolve": resolving - start, "imports": time.perf_counter() - resolving}
+    imported = time.perf_counter()
+    resolved = resolve_model(spec, progress)
+    times = {"imports": imported - start, "resolve": time.perf_counter() - imported}
     path, no_draft = resolved.path, spec.no_draft
     if path.name == BUNDLED_NAME and spec.drafter is None and not (path / "drafter").is_dir():
         if not resolved.fallback:  # the fallback's notice said it already

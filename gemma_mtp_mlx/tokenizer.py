@@ -5,7 +5,8 @@ for Gemma's 262k-token vocabulary (the import of transformers, then three full c
 vocabulary), of which `tokenizers` itself reading the file is 2.5 s. `Tokenizer` offers what
 the engine, chat, server and bench use of mlx-lm's wrapper: `encode`, `decode`,
 `apply_chat_template`, `chat_template`, `detokenizer`, `get_added_vocab` and the special
-token ids. Chat templates render in jinja2's sandbox (chat_template.py).
+token ids. Chat templates render in jinja2's sandbox (chat_template.py); a BPE vocabulary
+is read through a cache (tokenizer_cache.py).
 
 A folder with only a SentencePiece `tokenizer.model` still loads through mlx-lm (slowly).
 """
@@ -109,12 +110,12 @@ class Tokenizer:
 
     @classmethod
     def load(cls, folder: str | Path) -> Tokenizer:
-        from tokenizers import Tokenizer as Backend
+        from .tokenizer_cache import load_backend
 
         folder = Path(folder)
         config_file = folder / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        backend = Backend.from_file(str(folder / "tokenizer.json"))
+        backend = load_backend(folder / "tokenizer.json")
         return cls(backend, config, read_chat_template(folder, config))
 
     def _id(self, token: str | None) -> int | None:

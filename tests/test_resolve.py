@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import closed_port
 from typer.testing import CliRunner
 
 from gemma_mtp_mlx.cli import app
@@ -16,13 +17,6 @@ from gemma_mtp_mlx.cli import app
 FIXTURES = Path(__file__).parent / "fixtures"
 E2B = FIXTURES / "e2b_tiny"
 UNREACHABLE = "no such folder (and not a cached hub model: the Hugging Face Hub is unreachable)"
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (connections are refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
