@@ -84,5 +84,5 @@ def render(source: str, messages: list[dict], add_generation_prompt: bool,
     try:
         return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                **context)
-    except TemplateError as e:
-        raise ChatTemplateError(f"the chat template refused the conversation: {e}") from None
+    except TemplateError as e:  # raise_exception, or the sandbox refusing an operation
+        raise ChatTemplateError(str(e) or type(e).__name__) from None

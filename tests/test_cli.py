@@ -135,6 +135,43 @@ def test_json_keys_and_drafting_changes_nothing(fixture):
     assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
 
 
+@pytest.fixture
+def no_template(tmp_path):
+    """The e2b pair without a chat template."""
+    folder = tmp_path / "pair"
+    shutil.copytree(E2B, folder, ignore=shutil.ignore_patterns("reference.npz"))
+    (folder / "target" / "chat_template.jinja").unlink()
+    config = json.loads((folder / "target" / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (folder / "target" / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_system_without_a_chat_template_is_refused_not_ignored(no_template):
+    line = one_error_line(run("generate", "-m", no_template, "--prompt", "hi", "--system", "Be",
+                              *FAST), 2)
+    assert "--system needs a chat template" in line
+    ok = run("generate", "-m", no_template, "--prompt", "hi", "--json", *FAST)
+    assert ok.exit_code == 0, ok.stderr  # without --system: the prompt as is
+
+
+def test_system_goes_through_the_template(e2b):
+    base = ["generate", "-m", E2B, "--prompt", "hi", "--json", *FAST]
+    plain = json.loads(run(*base).stdout)
+    system = json.loads(run(*base, "--system", "Be brief.").stdout)
+    assert system["prompt_tokens"] == len(e2b.encode("hi", system="Be brief."))
+    assert system["prompt_tokens"] > plain["prompt_tokens"]
+
+
+def test_verbose_says_where_the_load_time_went():
+    result = run("generate", "-m", E2B, "--prompt", "hi", *FAST, "--verbose")
+    assert result.exit_code == 0, result.stderr
+    phases = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"load [\d.]+ s: startup [\d.]+ · imports [\d.]+ · resolve", phases)
+    for phase in ("tokenizer", "weights", "calibration"):
+        assert f" {phase} " in phases
+
+
 def test_raw_and_stop():
     result = run("generate", "-m", E2B, "--prompt", "abc", "--raw", "--json", *FAST)
     data = json.loads(result.stdout)
