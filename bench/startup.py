@@ -56,7 +56,8 @@ def one_run(extra: list[str], env: dict) -> dict:
         sys.exit(f"run failed: {err.decode(errors='replace').strip()}")
     data = json.loads(out)
     return {"first_byte_s": first_byte, "wall_s": time.perf_counter() - start,
-            "ttft_s": data["ttft_s"], "load_s": data["load_s"], **data["load_phases"]}
+            "ttft_s": data["ttft_s"], "load_s": data.get("load_s", 0.0),  # (older releases:
+            **data.get("load_phases", {})}                                  # no phases)
 
 
 def main() -> None:

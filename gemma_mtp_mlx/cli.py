@@ -9,16 +9,14 @@ so `gemma-mtp --help` is instant.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
 from .benchmark import bench_table, load_prompts, run_bench
+from .cli_group import Command, CommandGroup
 from .cli_options import (
     DEFAULT_MODEL,
     MAX_DRAFT,
@@ -44,78 +42,12 @@ from .cli_options import (
     TopPOpt,
     VerboseOpt,
 )
-from .errors import CliError, fail, first_line, say
+from .errors import fail, first_line, say
 from .live import PlainView, is_terminal
 from .request import ModelSpec, Request, SamplingParams
 
-
-def _plain_flags(params):
-    """On/off options shown as plain flags in --help (typer writes `--raw <bool>`)."""
-    for p in params:
-        if getattr(p, "is_flag", False) and p.metavar is None:
-            p.metavar = ""
-    return params
-
-
-class _Command(TyperCommand):
-    def get_params(self, ctx):
-        return _plain_flags(super().get_params(ctx))
-
-
-class _Group(TyperGroup):
-    """Every failure as one line on stderr, whatever raised it (click, typer or us)."""
-
-    def get_params(self, ctx):
-        return _plain_flags(super().get_params(ctx))
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        if hasattr(signal, "SIGPIPE") and sys.stdout is sys.__stdout__:
-            # Like `cat`: a closed pipe (`| head`) ends us quietly, with no traceback.
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-            if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-                say("interrupted")
-        except CliError as e:
-            say(f"error: {e}")
-            code = e.code
-        except KeyboardInterrupt:
-            say("interrupted")
-            code = 130
-        except Exception as e:
-            code = _click_failure(e)
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _click_failure(e: Exception) -> int:
-    """click's (or typer's vendored click's) exceptions as one line; anything else is a bug."""
-    kinds = {c.__name__ for c in type(e).__mro__}
-    ctx = getattr(e, "ctx", None)
-    if "NoArgsIsHelpError" in kinds and ctx is not None:
-        sys.stdout.write(ctx.get_help() + "\n")
-        return 0
-    if "UsageError" in kinds:
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        say(f"error: {e.format_message()}{hint}")
-        return getattr(e, "exit_code", 2)
-    if "ClickException" in kinds:
-        say(f"error: {e.format_message()}")
-        return getattr(e, "exit_code", 1)
-    if "Abort" in kinds:
-        say("interrupted")
-        return 130
-    if os.environ.get("GEMMA_MTP_DEBUG"):
-        raise e
-    name, line = type(e).__name__, first_line(e)
-    say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
-    return 1
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=CommandGroup,
     name="gemma-mtp",
     help="Gemma 4 on MLX, faster with its multi-token-prediction drafter, "
     "with output identical to plain decoding.",
@@ -181,6 +113,13 @@ def load_engine(spec: ModelSpec):
     return engine
 
 
+def check_drafting(engine, request: Request) -> None:
+    """A draft length or schedule asked of a model without a drafter: one line, exit 2."""
+    if request.draft not in (None, "off") and not engine.drafting:
+        option = "--num-draft" if isinstance(request.draft, int) else "--draft-schedule"
+        fail(f"{option} needs a drafter, and none is loaded (drop it, or pass --drafter DIR)", 2)
+
+
 def load_phases(engine) -> str:
     """--verbose: where the time before the first token went."""
     phases = " · ".join(f"{k} {v:.2f}" for k, v in engine.load_times.items())
@@ -219,7 +158,7 @@ GENERATE_EXAMPLES = (
 )
 
 
-@app.command(cls=_Command, epilog=GENERATE_EXAMPLES)
+@app.command(cls=Command, epilog=GENERATE_EXAMPLES)
 def generate(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[
@@ -257,6 +196,7 @@ def generate(
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
     engine = load_engine(spec)
+    check_drafting(engine, request)
     if system and not engine.has_chat_template:
         fail("--system needs a chat template, and this model has none", 2)
     if not raw:
@@ -309,7 +249,7 @@ CHAT_EXAMPLES = (
 )
 
 
-@app.command(cls=_Command, epilog=CHAT_EXAMPLES)
+@app.command(cls=Command, epilog=CHAT_EXAMPLES)
 def chat(
     model: ModelOpt = DEFAULT_MODEL,
     system: SystemOpt = None,
@@ -334,6 +274,7 @@ def chat(
     request = make_request(max_tokens, temp, top_p, top_k, min_p, seed, no_draft, num_draft,
                            draft_schedule, None, ignore_eos)
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
+    check_drafting(engine, request)
     if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
     base_model_note(engine)
@@ -350,7 +291,7 @@ BENCH_EXAMPLES = (
 )
 
 
-@app.command(cls=_Command, epilog=BENCH_EXAMPLES)
+@app.command(cls=Command, epilog=BENCH_EXAMPLES)
 def bench(
     model: ModelOpt = DEFAULT_MODEL,
     prompts: Annotated[
@@ -415,7 +356,7 @@ SERVE_EXAMPLES = (
 )
 
 
-@app.command(cls=_Command, epilog=SERVE_EXAMPLES)
+@app.command(cls=Command, epilog=SERVE_EXAMPLES)
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -458,6 +399,7 @@ def serve(
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
     engine = load_engine(spec)
+    check_drafting(engine, request)
     base_model_note(engine)
     config = ServerConfig(
         model_id=BUNDLED_NAME if is_bundled(engine.path) else model,
@@ -477,7 +419,7 @@ CONVERT_EXAMPLES = (
 )
 
 
-@app.command(cls=_Command, epilog=CONVERT_EXAMPLES)
+@app.command(cls=Command, epilog=CONVERT_EXAMPLES)
 def convert(
     target: Annotated[
         str, typer.Option("--target", help="Target: a hub repo id or a local folder.")
@@ -542,7 +484,7 @@ DISTILL_EXAMPLES = (
 )
 
 
-@app.command(cls=_Command, epilog=DISTILL_EXAMPLES)
+@app.command(cls=Command, epilog=DISTILL_EXAMPLES)
 def distill(
     model: Annotated[str, typer.Option("--model", "-m", help="Target model folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Drafter folder to write.")],

@@ -93,8 +93,10 @@ def load_model(spec, progress: bool | None = None):
     (never a silent fallback). The weights are sized against memory before they are read."""
     start = time.perf_counter()
     from .loading import DrafterLoadError, ModelLoadError, load_pair, materialize  # MLX
+    from .progress import spinner
 
     imported = time.perf_counter()
+    progress = is_terminal(sys.stderr) if progress is None else progress
     resolved = resolve_model(spec, progress)
     times = {"imports": imported - start, "resolve": time.perf_counter() - imported}
     path, no_draft = resolved.path, spec.no_draft
@@ -103,12 +105,12 @@ def load_model(spec, progress: bool | None = None):
             say("note: no drafter is bundled for Gemma 3 270M yet: plain decoding")
         no_draft = True
     try:
-        pair = load_pair(
-            path, drafter_path=spec.drafter, use_drafter=not no_draft, dtype=spec.dtype, lazy=True
-        )
-        pair.load_times = {**times, **pair.load_times}
-        context = fit_context(pair, spec)
-        materialize(pair)
+        with spinner(progress, f"loading {path}"):  # a few seconds: tokenizer and weights
+            pair = load_pair(path, drafter_path=spec.drafter, use_drafter=not no_draft,
+                             dtype=spec.dtype, lazy=True)
+            pair.load_times = {**times, **pair.load_times}
+            context = fit_context(pair, spec)
+            materialize(pair)
     except ModelLoadError as e:
         msg = first_line(e)
         if isinstance(e, DrafterLoadError) and "--no-draft" not in msg:

@@ -238,6 +238,23 @@ def test_missing_drafter_suggests_no_draft():
     assert ok.exit_code == 0 and "drafter off" in ok.stderr and "acceptance" not in ok.stderr
 
 
+@pytest.mark.parametrize("command", ["generate", "chat"])
+@pytest.mark.parametrize("option", [["--num-draft", "4"], ["--draft-schedule", "auto"]])
+def test_asking_for_drafts_without_a_drafter_is_one_line(tmp_path, command, option):
+    """The bundled model without its drafter (as this release ships it): plain decoding, said
+    once; asking for drafts is an error, not a silent 'drafter off'."""
+    from gemma_mtp_mlx.fallback import BUNDLED_NAME
+
+    folder = tmp_path / BUNDLED_NAME
+    shutil.copytree(E2B / "target", folder / "target")
+    args = [command, "-m", folder, *option, *FAST]
+    result = run(*args, "--prompt", "hi") if command == "generate" else run(*args, input="hi\n")
+    assert result.exit_code == 2, result.stderr
+    note, error = result.stderr.strip().splitlines()
+    assert note == "note: no drafter is bundled for Gemma 3 270M yet: plain decoding"
+    assert error.startswith(f"error: {option[0]} needs a drafter, and none is loaded")
+
+
 @pytest.fixture
 def mismatched_drafter(tmp_path):
     """The e2b drafter, relabelled as one for a target with another hidden size."""
