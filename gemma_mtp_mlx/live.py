@@ -174,9 +174,10 @@ def status_panel(
         f"{stats.prompt_tokens} tok · {stats.prefill_tokens_per_s:.0f} tok/s · "
         f"TTFT {stats.ttft_s:.2f} s · peak {_peak_gb():.2f} GB",
     )
+    words = drafter_words(stats, drafting).removeprefix("drafter ")  # the row says "drafter"
     if drafting:
         now = f" · draft length {draft_len}" if draft_len is not None else ""
-        grid.add_row("drafter", drafter_words(stats, drafting) + now)
+        grid.add_row("drafter", words + now)
         hist = stats.accepted_histogram
         if hist:
             grid.add_row("accepted/round", f"[{sparkline(hist)}] {histogram_text(hist)}")
@@ -187,7 +188,7 @@ def status_panel(
         if warning:
             grid.add_row("[yellow]warning[/]", Text(warning, style="yellow"))
     else:
-        grid.add_row("drafter", drafter_words(stats, drafting))
+        grid.add_row("drafter", words)
     return Panel(grid, title=title, title_align="left", border_style="dim", expand=False)
 
 

@@ -53,7 +53,10 @@ def test_one_wording_for_the_drafter():
     assert live.drafter_words(make_stats([]), False) == "drafter off"
     panel = Console(file=io.StringIO(), width=120)
     panel.print(live.status_panel(make_stats([]), True))
-    assert "0 draft rounds" in panel.file.getvalue() and "%" not in panel.file.getvalue()
+    panel.print(live.status_panel(make_stats([]), False))
+    shown = panel.file.getvalue()
+    assert "drafter  on · 0 draft rounds" in shown and "drafter  off" in shown
+    assert "%" not in shown and "drafter drafter" not in shown
 
 
 def test_load_time_is_said_when_over_a_second():
