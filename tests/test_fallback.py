@@ -66,7 +66,7 @@ def test_the_conversion_shows_its_progress(bundled_cache):
 def test_chat_works_with_the_network_down(bundled_cache, tokenizer, tmp_path):
     """The README's first command, HF_HUB_OFFLINE unset: a chat, one notice, one note."""
     cache, _ = bundled_cache
-    done = run_cli(["chat", "--system", SYSTEM, "-n", "12"], cache, tmp_path, offline=False,
+    done = run_cli(["chat", "--system", SYSTEM, "-n", "6"], cache, tmp_path, offline=False,
                    stdin=f"{QUESTION}\n/quit\n")
     assert done.returncode == 0, done.stderr
     assert notes(done.stderr) == [expected_notice(), fallback.BASE_MODEL_NOTE]
