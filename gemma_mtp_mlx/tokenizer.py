@@ -17,6 +17,12 @@ import json
 from pathlib import Path
 
 REPLACEMENT = "\ufffd"  # what a byte-fallback token decodes to before its character is complete
+# A character is at most 4 bytes, so at most 4 tokens; a text still incomplete after more
+# tokens than that is not UTF-8 at all (a random or broken model): it is released then, all
+# but the last 3 tokens, which may begin a real character. Waiting longer would decode an
+# ever longer window, once per token.
+MAX_PENDING = 8
+CHARACTER_TAIL = 3
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # transformers' clean_up_tokenization, for configs that ask for it
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
@@ -51,7 +57,8 @@ class StreamingDetokenizer:
     Each new token is decoded together with the tokens not yet released and one released
     token before them (decoders may treat a sequence's first token specially); the new text
     is released once it no longer ends in U+FFFD, i.e. once a multi-byte character's last
-    byte-fallback token has arrived. The pieces join to `decode(tokens)`.
+    byte-fallback token has arrived. The pieces join to `decode(tokens)` (for text that is
+    not UTF-8, up to how many U+FFFD stand for its invalid bytes: see MAX_PENDING).
     """
 
     def __init__(self, decode):
@@ -73,15 +80,21 @@ class StreamingDetokenizer:
         self._release(final=True)
 
     def _release(self, final: bool) -> None:
-        if self._released == len(self.tokens):
+        end = len(self.tokens)
+        if self._released == end:
             return
         before = self._decode(self.tokens[self._context : self._released])
-        after = self._decode(self.tokens[self._context :])
-        if final or (len(after) > len(before) and not after.endswith(REPLACEMENT)):
-            new = after[len(before) :]
-            self.text += new
-            self._segment += new
-            self._context, self._released = self._released, len(self.tokens)
+        after = self._decode(self.tokens[self._context : end])
+        complete = len(after) > len(before) and not after.endswith(REPLACEMENT)
+        if not (final or complete):
+            if end - self._released < MAX_PENDING:
+                return
+            end -= CHARACTER_TAIL
+            after = self._decode(self.tokens[self._context : end])
+        new = after[len(before) :]
+        self.text += new
+        self._segment += new
+        self._context, self._released = self._released, end
 
     @property
     def last_segment(self) -> str:

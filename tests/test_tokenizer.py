@@ -73,6 +73,32 @@ def test_streaming_joins_to_the_text_and_never_splits_a_character():
     assert len(ids) > 1 and streamed(tok, ids)[: len(ids) - 1] == [""] * (len(ids) - 1)
 
 
+def byte_level_ids(tok, data: bytes) -> list[int]:
+    """Ids of the byte-level tokens spelling `data`, byte by byte (GPT-2's byte alphabet)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    alphabet = {b: chr(b) for b in printable}
+    alphabet |= {b: chr(256 + n) for n, b in enumerate(sorted(set(range(256)) - set(printable)))}
+    return [tok.backend.token_to_id(alphabet[b]) for b in data]
+
+
+def test_text_that_is_not_utf8_streams_in_a_bounded_window():
+    """A broken model's bytes: released after MAX_PENDING tokens, never held (and decoded
+    again) for the whole answer; a real character after them still comes out whole."""
+    tok = Tokenizer.load(TARGETS[0])
+    ids = byte_level_ids(tok, b"\x80" * 50 + "é🙂".encode())
+    detok = tok.detokenizer
+    detok.reset()
+    pieces = []
+    for t in ids:
+        detok.add_token(t)
+        assert len(detok.tokens) - detok._released <= 8  # held: at most 8 tokens
+        pieces.append(detok.last_segment)
+    detok.finalize()
+    text = "".join(pieces) + detok.last_segment
+    assert text.endswith("é🙂") and set(text[:-2]) == {"\ufffd"}
+    assert "é🙂" not in "".join(pieces[:-6])  # nothing of the real characters came early
+
+
 def test_streaming_with_the_real_tokenizers_byte_fallback(bundled_cache):
     tok = Tokenizer.load(bundled_cache[0] / "gemma-3-270m-bundled" / "target")
     text = "Grüße aus Köln 🙂 — 日本語 ∮ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮ"
