@@ -543,6 +543,36 @@ def test_draft_schedule_auto_gives_the_same_tokens():
 
 
 # -- distill ------------------------------------------------------------------------------------
+def test_distill_passes_its_options(monkeypatch, tmp_path):
+    """The command line's part: options into distill_command, its summary out as JSON, its
+    errors as one line (tests/test_distill.py trains for real)."""
+    import gemma_mtp_mlx.distill as distill
+
+    calls = []
+
+    def distill_command(model, out, **options):
+        calls.append((model, out, options))
+        if options["steps"] == 13:
+            raise ValueError("too few tokens for one batch")
+        return {"trained_tokens": 42}
+
+    monkeypatch.setattr(distill, "distill_command", distill_command)
+    out = tmp_path / "drafter"
+    args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--hidden", "32",
+            "--vocab-subset", "256", "--batch", "2", "--init", E2B / "drafter", "--seed", "7"]
+    result = run(*args, "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"trained_tokens": 42}
+    model, target, options = calls[0]
+    assert (model, target) == (str(E2B), str(out))
+    assert options == {"init": str(E2B / "drafter"), "tokens": 1000, "steps": 3,
+                       "draft_depth": 3, "hidden": 32, "vocab_subset": 256, "batch": 2,
+                       "lr": 1e-3, "seed": 7, "prompts": None}
+    line = one_error_line(run(*args, "--steps", "13"), 1)
+    assert line == "error: too few tokens for one batch"
+
+
+@pytest.mark.slow
 def test_distill_writes_a_loadable_drafter(tmp_path):
     out = tmp_path / "drafter"
     args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--steps", "3",
