@@ -91,8 +91,10 @@ print(json.dumps(record))
 
 @pytest.fixture(scope="session")
 def bundled_cache(tmp_path_factory):
-    """(GEMMA_MTP_CACHE folder holding gemma-3-270m-bundled, the conversion's progress record)."""
+    """(GEMMA_MTP_CACHE folder holding gemma-3-270m-bundled, the conversion's progress record);
+    removed after the session (pytest keeps its last three temporary folders: 1 GB each)."""
     import json
+    import shutil
     import subprocess
     import sys
 
@@ -101,4 +103,5 @@ def bundled_cache(tmp_path_factory):
     done = subprocess.run([sys.executable, "-c", CONVERT_BUNDLED, str(cache)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
-    return cache, json.loads(done.stdout.strip().splitlines()[-1])
+    yield cache, json.loads(done.stdout.strip().splitlines()[-1])
+    shutil.rmtree(cache, ignore_errors=True)
