@@ -164,6 +164,7 @@ class ChatScreen:
     interactive: bool
     tty_out: bool
     last: tuple | None = field(default=None)  # (stats, cached) of the last turn
+    answered: bool = False  # an answer was shown (the first one's stats add the load time)
 
     @classmethod
     def open(cls) -> ChatScreen:
@@ -180,8 +181,9 @@ class ChatScreen:
         return cls(console, note, interactive, tty_out)
 
 
-def run_chat(engine, request, system: str | None = None) -> None:
-    """Read messages until /quit or end of input; answer each with the conversation's cache."""
+def run_chat(engine, request, system: str | None = None, on_first_turn=None) -> None:
+    """Read messages until /quit or end of input; answer each with the conversation's cache.
+    `on_first_turn`: called after the first answer (--verbose's load phases)."""
     screen = ChatScreen.open()
     convo = Conversation(engine, system)
     drafting = engine.drafting and request.drafts
@@ -208,7 +210,10 @@ def run_chat(engine, request, system: str | None = None) -> None:
             if not chat_command(text, convo, screen, drafting):
                 return
             continue
+        first = not screen.answered
         answer_turn(engine, request, convo, message, screen, drafting)
+        if first and screen.answered and on_first_turn is not None:
+            on_first_turn()
 
 
 def chat_command(text: str, convo: Conversation, screen: ChatScreen, drafting: bool) -> bool:
@@ -266,7 +271,10 @@ def answer_turn(engine, request, convo, message: str, screen: ChatScreen, drafti
             screen.note.print(f"error: {e} (/reset starts over)", markup=False)
             convo.dirty = True
             return
-        view.finish(stats, drafting, interrupted=interrupted, turn=turn, cached=cached)
+        load_s = None if screen.answered else engine.load_seconds  # it waited for the loading
+        view.finish(stats, drafting, interrupted=interrupted, turn=turn, cached=cached,
+                    load_s=load_s)
+        screen.answered = True
     if interrupted and stats is None:
         screen.note.print("[dim](stopped before the first token)[/]")
     convo.record(message, fed, answer, interrupted)

@@ -9,17 +9,15 @@ so `gemma-mtp --help` is instant.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from .benchmark import bench_table, load_prompts, run_bench
+from .cli_group import Command, CommandGroup
 from .cli_options import (
     DEFAULT_MODEL,
     MAX_DRAFT,
@@ -43,63 +41,14 @@ from .cli_options import (
     TempOpt,
     TopKOpt,
     TopPOpt,
+    VerboseOpt,
 )
-from .errors import UserError, fail, first_line, say
+from .errors import fail, first_line, say
 from .live import PlainView, is_terminal
 from .request import ModelSpec, Request, SamplingParams
 
-
-class _Group(TyperGroup):
-    """Every failure as one line on stderr, whatever raised it (click, typer or us)."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        if hasattr(signal, "SIGPIPE") and sys.stdout is sys.__stdout__:
-            # Like `cat`: a closed pipe (`| head`) ends us quietly, with no traceback.
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-            if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-                say("interrupted")
-        except UserError as e:
-            say(f"error: {e}")
-            code = e.code
-        except KeyboardInterrupt:
-            say("interrupted")
-            code = 130
-        except Exception as e:
-            code = _click_failure(e)
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _click_failure(e: Exception) -> int:
-    """click's (or typer's vendored click's) exceptions as one line; anything else is a bug."""
-    kinds = {c.__name__ for c in type(e).__mro__}
-    ctx = getattr(e, "ctx", None)
-    if "NoArgsIsHelpError" in kinds and ctx is not None:
-        sys.stdout.write(ctx.get_help() + "\n")
-        return 0
-    if "UsageError" in kinds:
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        say(f"error: {e.format_message()}{hint}")
-        return getattr(e, "exit_code", 2)
-    if "ClickException" in kinds:
-        say(f"error: {e.format_message()}")
-        return getattr(e, "exit_code", 1)
-    if "Abort" in kinds:
-        say("interrupted")
-        return 130
-    if os.environ.get("GEMMA_MTP_DEBUG"):
-        raise e
-    name, line = type(e).__name__, first_line(e)
-    say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
-    return 1
-
-
 app = typer.Typer(
-    cls=_Group,
+    cls=CommandGroup,
     name="gemma-mtp",
     help="Gemma 4 on MLX, faster with its multi-token-prediction drafter, "
     "with output identical to plain decoding.",
@@ -156,9 +105,35 @@ def make_request(max_tokens: int, *, sampling: SamplingParams | None = None, dra
 
 
 def load_engine(spec: ModelSpec):
+    """The engine, its load phases starting with this process's own start-up."""
     from .engine import Engine
+    from .timing import process_age
 
-    return Engine.load(spec)
+    startup = process_age()
+    engine = Engine.load(spec)
+    engine.load_times = {"startup": startup, **engine.load_times}
+    return engine
+
+
+def check_drafting(engine, request: Request) -> None:
+    """A draft length or schedule asked of a model without a drafter: one line, exit 2."""
+    if request.draft not in (None, "off") and not engine.drafting:
+        option = "--num-draft" if isinstance(request.draft, int) else "--draft-schedule"
+        fail(f"{option} needs a drafter, and none is loaded (drop it, or pass --drafter DIR)", 2)
+
+
+def load_phases(engine) -> str:
+    """--verbose: where the time before the first token went."""
+    phases = " · ".join(f"{k} {v:.2f}" for k, v in engine.load_times.items())
+    return f"load {engine.load_seconds:.2f} s: {phases} (then TTFT: the prefill)"
+
+
+def base_model_note(engine) -> None:
+    """Said once, where the bundled base model answers through the chat template."""
+    from .fallback import BASE_MODEL_NOTE, is_bundled
+
+    if is_bundled(engine.path):
+        say(BASE_MODEL_NOTE)
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -185,7 +160,7 @@ GENERATE_EXAMPLES = (
 )
 
 
-@app.command(epilog=GENERATE_EXAMPLES)
+@app.command(cls=Command, epilog=GENERATE_EXAMPLES)
 def generate(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[
@@ -210,8 +185,10 @@ def generate(
     dtype: DTypeOpt = None,
     max_context: MaxContextOpt = None,
     stop: Annotated[
-        list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")
+        list[str] | None,
+        typer.Option("--stop", metavar="<str>", help="Stop at this string (repeatable)."),
     ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
     sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
@@ -222,6 +199,11 @@ def generate(
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
     engine = load_engine(spec)
+    check_drafting(engine, request)
+    if system and not engine.has_chat_template:
+        fail("--system needs a chat template, and this model has none", 2)
+    if not raw:
+        base_model_note(engine)
     ids = engine.encode(text, system=system, raw=raw)
     if not ids:
         fail("empty prompt: it encodes to no tokens", 2)
@@ -230,16 +212,20 @@ def generate(
     try:
         if json_out:
             result = engine.run(ids, request)
-            out = {"text": result.text, "token_ids": result.token_ids, **result.stats.to_dict()}
+            out = {"text": result.text, "token_ids": result.token_ids, **result.stats.to_dict(),
+                   "load_s": round(engine.load_seconds, 3),
+                   "load_phases": {k: round(v, 3) for k, v in engine.load_times.items()}}
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
             sys.stdout.flush()
-            return
-        print_answer(engine.stream(ids, request), engine.drafting and request.drafts)
+        else:
+            print_answer(engine, engine.stream(ids, request), engine.drafting and request.drafts)
     except RequestError as e:
         fail(str(e), 2)
+    if verbose:
+        say(load_phases(engine))
 
 
-def print_answer(stream, drafting: bool) -> None:
+def print_answer(engine, stream, drafting: bool) -> None:
     """The answer to stdout as it comes, the stats line to stderr."""
     view = PlainView()
     stats = None
@@ -252,7 +238,7 @@ def print_answer(stream, drafting: bool) -> None:
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
-    view.finish(stats, drafting)
+    view.finish(stats, drafting, load_s=engine.load_seconds)
 
 
 # -- chat --------------------------------------------------------------------------------------
@@ -266,7 +252,7 @@ CHAT_EXAMPLES = (
 )
 
 
-@app.command(epilog=CHAT_EXAMPLES)
+@app.command(cls=Command, epilog=CHAT_EXAMPLES)
 def chat(
     model: ModelOpt = DEFAULT_MODEL,
     system: SystemOpt = None,
@@ -283,6 +269,7 @@ def chat(
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
     max_context: MaxContextOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Talk with the model; its cache is kept, so a turn prefills only the new message."""
     from .chat import run_chat
@@ -291,9 +278,12 @@ def chat(
     request = make_request(max_tokens, sampling=sampling, ignore_eos=ignore_eos,
                            draft=draft_policy(no_draft, num_draft, draft_schedule))
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
+    check_drafting(engine, request)
     if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
-    run_chat(engine, request, system)
+    base_model_note(engine)
+    run_chat(engine, request, system, on_first_turn=(lambda: say(load_phases(engine))) if verbose
+             else None)
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -305,7 +295,7 @@ BENCH_EXAMPLES = (
 )
 
 
-@app.command(epilog=BENCH_EXAMPLES)
+@app.command(cls=Command, epilog=BENCH_EXAMPLES)
 def bench(
     model: ModelOpt = DEFAULT_MODEL,
     prompts: Annotated[
@@ -321,23 +311,26 @@ def bench(
         typer.Option(
             "--num-draft",
             "-k",
+            metavar="<int>",
             help="Also a row with this fixed draft length (repeatable).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
     drafter: DrafterOpt = None,
+    no_draft: NoDraftOpt = False,
     dtype: DTypeOpt = None,
 ) -> None:
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
         draft_policy(False, k, None)
     texts = load_prompts(prompts)
-    engine = load_engine(model_spec(model, drafter, False, dtype))
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype))
     rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
 
     if json_out:
         out = {
             "model": str(engine.path),
+            "drafter": engine.drafter_name,
             "max_tokens": max_tokens,
             "runs": runs,
             "prompts": texts,
@@ -347,7 +340,7 @@ def bench(
         }
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        bench_table(rows, texts, str(engine.path), runs)
+        bench_table(rows, texts, str(engine.path), runs, engine.drafting)
     if mismatches:
         for m in mismatches:
             say(
@@ -367,7 +360,7 @@ SERVE_EXAMPLES = (
 )
 
 
-@app.command(epilog=SERVE_EXAMPLES)
+@app.command(cls=Command, epilog=SERVE_EXAMPLES)
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -397,26 +390,24 @@ def serve(
     max_context: MaxContextOpt = None,
 ) -> None:
     """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
-    from .fallback import BUNDLED_NAME
-    from .resolve import resolve_model_path
+    from .fallback import BUNDLED_NAME, is_bundled
+
+    default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule))
+    cache_bytes = int(cache_gb * 1e9)  # counted in the memory check
+    spec = replace(model_spec(model, drafter, no_draft, dtype, max_context),
+                   reserved_bytes=cache_bytes)
     from .server import ServerConfig, listen
     from .server import serve as run_server
 
-    default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule))
-    spec = model_spec(model, drafter, no_draft, dtype, max_context)
     try:
         sock = listen(host, port)
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
-    path = resolve_model_path(model)
-    cache_bytes = int(cache_gb * 1e9)
-    engine = load_engine(replace(spec, model=str(path), reserved_bytes=cache_bytes))
-    try:
-        default.validate(engine.drafting)  # e.g. --num-draft with a model that has no drafter
-    except ValueError as e:
-        fail(f"{e} (drop the drafter options, or pass --drafter)", 2)
+    engine = load_engine(spec)
+    check_drafting(engine, default)
+    base_model_note(engine)
     config = ServerConfig(
-        model_id=BUNDLED_NAME if path.name == BUNDLED_NAME else model, api_key=api_key,
+        model_id=BUNDLED_NAME if is_bundled(engine.path) else model, api_key=api_key,
         max_queue=max_queue, cache_bytes=cache_bytes, default=default,
     )
     run_server(engine, config, sock)
@@ -432,7 +423,7 @@ CONVERT_EXAMPLES = (
 )
 
 
-@app.command(epilog=CONVERT_EXAMPLES)
+@app.command(cls=Command, epilog=CONVERT_EXAMPLES)
 def convert(
     target: Annotated[
         str, typer.Option("--target", help="Target: a hub repo id or a local folder.")
@@ -497,7 +488,7 @@ DISTILL_EXAMPLES = (
 )
 
 
-@app.command(epilog=DISTILL_EXAMPLES)
+@app.command(cls=Command, epilog=DISTILL_EXAMPLES)
 def distill(
     model: Annotated[str, typer.Option("--model", "-m", help="Target model folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Drafter folder to write.")],

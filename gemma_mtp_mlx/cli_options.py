@@ -77,7 +77,14 @@ TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, 
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens; 0: all.")]
 MinPOpt = Annotated[float, typer.Option("--min-p", help="Drop tokens below min-p x the best.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.")]
-SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option("--system", "-s", help="System prompt (Gemma folds it into the first turn)."),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Also say where the time before the first token went."),
+]
 
 
 class Bits(str, Enum):

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from functools import cached_property
 from .request import ContextError, ModelSpec, Request, RequestError, SamplingParams
 
 __all__ = ["ContextError", "Engine", "ModelSpec", "Request", "RequestError", "SamplingParams"]
+
 
 @dataclass
 class Chunk:
@@ -42,7 +44,7 @@ class Result:
 class Engine:
     """A loaded model pair and everything one answer needs besides its request."""
 
-    def __init__(self, pair, max_context: int | None = None):
+    def __init__(self, pair, max_context: int | None = None, progress: bool = False):
         self.pair = pair
         self.target = pair.target
         self.drafter = pair.drafter
@@ -50,14 +52,31 @@ class Engine:
         self.eos_ids = set(pair.eos_ids)
         self.path = pair.path
         self.max_context = max_context or model_context(pair.target)
+        self.progress = progress  # a spinner on a terminal's stderr while calibrating
+        # seconds per phase until the first token can be computed (calibration is added by
+        # the first request that drafts)
+        self.load_times: dict[str, float] = dict(getattr(pair, "load_times", {}))
 
     @classmethod
-    def load(cls, spec: ModelSpec) -> Engine:
-        """Resolve and load `spec`, refusing (UserError, one line) what cannot load or fit."""
+    def load(cls, spec: ModelSpec, progress: bool | None = None) -> Engine:
+        """Resolve and load `spec`, refusing (UserError, one line) what cannot load or fit.
+        `progress`: bars and spinners on stderr (default: when it is a terminal)."""
+        from .live import is_terminal
         from .resolve import load_model
 
-        pair, max_context = load_model(spec)
-        return cls(pair, max_context)
+        progress = is_terminal(sys.stderr) if progress is None else progress
+        pair, max_context = load_model(spec, progress)
+        return cls(pair, max_context, progress)
+
+    @property
+    def load_seconds(self) -> float:
+        return sum(self.load_times.values())
+
+    @property
+    def drafter_name(self) -> str | None:
+        """The drafter's folder, as the stats name it."""
+        path = getattr(self.pair, "drafter_path", None)
+        return str(path) if self.drafter is not None and path is not None else None
 
     @property
     def drafting(self) -> bool:
@@ -105,10 +124,16 @@ class Engine:
         """A Decoder for one request, its one-off measurements done (outside any clock;
         the first request's prompt is their scratch text)."""
         from .decoding import Decoder
+        from .progress import spinner
 
         drafter = self.drafter if request.drafts else None
         decoder = Decoder(self.target, drafter, request.sampling)
-        decoder.prepare(prompt_ids)
+        first = drafter is not None and "calibration" not in self.load_times
+        start = time.perf_counter()
+        with spinner(self.progress and first, "measuring this machine's kernels (once)"):
+            decoder.prepare(prompt_ids)
+        if first:
+            self.load_times["calibration"] = time.perf_counter() - start
         return decoder
 
     def check_context(self, session, prompt_ids: list[int]) -> None:
@@ -149,7 +174,8 @@ class Engine:
 
         detok = self.tokenizer.detokenizer
         detok.reset()
-        stats = Stats(prompt_tokens=prompt_tokens, drafting=drafting)
+        stats = Stats(prompt_tokens=prompt_tokens, drafting=drafting,
+                      drafter=self.drafter_name if drafting else None)
         t0 = time.perf_counter()
         text, shown = "", 0  # all text so far; how much of it was yielded
         for event in events:

@@ -210,7 +210,7 @@ def timings(stats, cached: int) -> dict:
         "draft_n": sum(r.draft_len for r in rounds),
         "draft_n_accepted": sum(r.accepted for r in rounds),
         "draft_rounds": len(rounds),
-        "acceptance_rate": round(stats.acceptance_rate, 4) if stats.drafting else None,
+        "acceptance_rate": stats.to_dict()["acceptance_rate"],
         "per_position_acceptance": [round(x, 4) for x in stats.per_position_acceptance],
     }
 

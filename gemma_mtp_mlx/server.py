@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from . import openai_api as api
 from .errors import first_line
+from .live import drafter_words
 from .openai_api import ApiError
 from .request import Request, RequestError
 
@@ -359,9 +360,7 @@ def summary(stats, cached: int, t0: float) -> str:
     """The live view's numbers, one line."""
     parts = [f"{stats.generated_tokens} tokens", f"{stats.tokens_per_s:.1f} tok/s",
              f"prefill {stats.prompt_tokens} tok (cached {cached})", f"TTFT {stats.ttft_s:.2f} s"]
-    if stats.drafting:
-        parts.append(f"acceptance {100 * stats.acceptance_rate:.0f}% "
-                     f"({stats.mean_accepted_per_round:.2f}/round)")
+    parts.append(drafter_words(stats, stats.drafting))
     parts.append(f"finish {stats.finish_reason}")
     parts.append(f"{time.perf_counter() - t0:.2f} s")
     return " · ".join(parts)

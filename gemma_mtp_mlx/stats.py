@@ -19,6 +19,7 @@ class Stats:
     finish_reason: str | None = None
     rounds: list[RoundInfo] = field(default_factory=list)
     drafting: bool = True  # a drafter ran (False: plain decoding)
+    drafter: str | None = None  # which one (its folder), when it ran
 
     def add(self, event, elapsed: float) -> None:
         """Count one decoder Event that arrived `elapsed` seconds after the request began."""
@@ -48,6 +49,11 @@ class Stats:
     def acceptance_rate(self) -> float:
         drafted = sum(r.draft_len for r in self.draft_rounds)
         return sum(r.accepted for r in self.draft_rounds) / drafted if drafted else 0.0
+
+    @property
+    def measured_acceptance(self) -> float | None:
+        """acceptance_rate, or None when nothing was drafted (no rate was measured)."""
+        return self.acceptance_rate if self.draft_rounds else None
 
     @property
     def mean_accepted_per_round(self) -> float:
@@ -80,13 +86,20 @@ class Stats:
             "tokens_per_s": round(self.tokens_per_s, 3),
             "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 3),
             "ttft_s": round(self.ttft_s, 4),
-            "acceptance_rate": round(self.acceptance_rate, 4),
-            "mean_accepted_per_round": round(self.mean_accepted_per_round, 4),
+            "drafter": self.drafter,
+            "acceptance_rate": _rounded(self.measured_acceptance),
+            "mean_accepted_per_round": _rounded(
+                self.mean_accepted_per_round if self.draft_rounds else None
+            ),
             "per_position_acceptance": [round(x, 4) for x in self.per_position_acceptance],
             "draft_rounds": len(self.draft_rounds),
             "draft_lengths": [r.draft_len for r in self.draft_rounds],
             "peak_memory_gb": round(peak_memory_gb(), 4),
         }
+
+
+def _rounded(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
 
 
 def peak_memory_gb() -> float:

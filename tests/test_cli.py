@@ -29,7 +29,8 @@ FAST = ["--dtype", "float32", "--max-tokens", "8"]
 JSON_KEYS = {
     "text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_per_round",
-    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb",
+    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb", "drafter",
+    "load_s", "load_phases",
 }  # fmt: skip
 TURN = re.compile(r"turn (\d+) · (\d+) tokens · .*?prefill (\d+) tok \(cached (\d+)\)")
 
@@ -70,6 +71,14 @@ def test_help_shows_examples(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
     assert "Examples" in result.stdout and "gemma-mtp" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "bench", "serve", "convert"])
+def test_help_shows_flags_as_plain_flags(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "list[" not in result.stdout
+    assert "--help" in result.stdout
 
 
 def test_no_arguments_prints_help():
@@ -116,7 +125,51 @@ def test_json_keys_and_drafting_changes_nothing(fixture):
     assert drafted["text"] == plain["text"]
     assert drafted["draft_rounds"] > 0 and plain["draft_rounds"] == 0
     assert drafted["draft_rounds"] == len(drafted["draft_lengths"])
+    # which drafter ran, if any; no rate where nothing was drafted
+    assert drafted["drafter"] == str(fixture / "drafter") and plain["drafter"] is None
+    assert 0 <= drafted["acceptance_rate"] <= 1 and plain["acceptance_rate"] is None
+    assert plain["mean_accepted_per_round"] is None
+    assert drafted["load_s"] == pytest.approx(sum(drafted["load_phases"].values()), abs=0.01)
+    assert {"startup", "tokenizer", "weights", "calibration"} <= drafted["load_phases"].keys()
+    assert "calibration" not in plain["load_phases"]  # nothing to calibrate without drafts
     assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
+
+
+@pytest.fixture
+def no_template(tmp_path):
+    """The e2b pair without a chat template."""
+    folder = tmp_path / "pair"
+    shutil.copytree(E2B, folder, ignore=shutil.ignore_patterns("reference.npz"))
+    (folder / "target" / "chat_template.jinja").unlink()
+    config = json.loads((folder / "target" / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (folder / "target" / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_system_without_a_chat_template_is_refused_not_ignored(no_template):
+    line = one_error_line(run("generate", "-m", no_template, "--prompt", "hi", "--system", "Be",
+                              *FAST), 2)
+    assert "--system needs a chat template" in line
+    ok = run("generate", "-m", no_template, "--prompt", "hi", "--json", *FAST)
+    assert ok.exit_code == 0, ok.stderr  # without --system: the prompt as is
+
+
+def test_system_goes_through_the_template(e2b):
+    base = ["generate", "-m", E2B, "--prompt", "hi", "--json", *FAST]
+    plain = json.loads(run(*base).stdout)
+    system = json.loads(run(*base, "--system", "Be brief.").stdout)
+    assert system["prompt_tokens"] == len(e2b.encode("hi", system="Be brief."))
+    assert system["prompt_tokens"] > plain["prompt_tokens"]
+
+
+def test_verbose_says_where_the_load_time_went():
+    result = run("generate", "-m", E2B, "--prompt", "hi", *FAST, "--verbose")
+    assert result.exit_code == 0, result.stderr
+    phases = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"load [\d.]+ s: startup [\d.]+ · imports [\d.]+ · resolve", phases)
+    for phase in ("tokenizer", "weights", "calibration"):
+        assert f" {phase} " in phases
 
 
 def test_raw_and_stop():
@@ -182,7 +235,24 @@ def test_missing_drafter_suggests_no_draft():
     line = one_error_line(run("generate", "-m", TARGET_ONLY, "--prompt", "hi"), 1)
     assert "--no-draft" in line
     ok = run("generate", "-m", TARGET_ONLY, "--prompt", "hi", "--no-draft", *FAST)
-    assert ok.exit_code == 0 and "drafter off" in ok.stderr
+    assert ok.exit_code == 0 and "drafter off" in ok.stderr and "acceptance" not in ok.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+@pytest.mark.parametrize("option", [["--num-draft", "4"], ["--draft-schedule", "auto"]])
+def test_asking_for_drafts_without_a_drafter_is_one_line(tmp_path, command, option):
+    """The bundled model without its drafter (as this release ships it): plain decoding, said
+    once; asking for drafts is an error, not a silent 'drafter off'."""
+    from gemma_mtp_mlx.fallback import BUNDLED_NAME
+
+    folder = tmp_path / BUNDLED_NAME
+    shutil.copytree(E2B / "target", folder / "target")
+    args = [command, "-m", folder, *option, *FAST]
+    result = run(*args, "--prompt", "hi") if command == "generate" else run(*args, input="hi\n")
+    assert result.exit_code == 2, result.stderr
+    note, error = result.stderr.strip().splitlines()
+    assert note == "note: no drafter is bundled for Gemma 3 270M yet: plain decoding"
+    assert error.startswith(f"error: {option[0]} needs a drafter, and none is loaded")
 
 
 @pytest.fixture
@@ -229,24 +299,6 @@ def test_hub_id_goes_through_resolve_model(monkeypatch):
     fake.resolve_model = broken
     line = one_error_line(run("generate", "-m", "someone/nothing", "--prompt", "hi"), 1)
     assert "repository not found" in line and "gemma-mtp convert" in line
-
-
-def test_offline_default_falls_back_to_the_bundled_pair(monkeypatch):
-    """No cache, no hub: the default model becomes the bundled pair, with a notice."""
-    import gemma_mtp_mlx.convert as convert
-    import gemma_mtp_mlx.fallback as fallback
-
-    def unreachable(spec, **kw):
-        raise convert.HubUnreachable(f"{spec}: cannot reach the Hugging Face Hub")
-
-    monkeypatch.setattr(convert, "resolve_model", unreachable)
-    monkeypatch.setattr(fallback, "bundled_pair", lambda **kw: E2B)
-    result = run("generate", "--prompt", "hi", *FAST)
-    assert result.exit_code == 0, result.stderr
-    assert "bundled Gemma 3 270M" in result.stderr and result.stdout
-    # An explicit hub id is never swapped for another model.
-    line = one_error_line(run("generate", "-m", "google/gemma-4-E2B-it", "--prompt", "hi"), 1)
-    assert "cannot reach" in line
 
 
 def test_hub_id_without_converter(monkeypatch):
@@ -314,6 +366,19 @@ def test_bench_outputs_identical(tmp_path):
     table = run(*args)
     assert table.exit_code == 0
     assert "same output" in table.stdout and "NO" not in table.stdout
+
+
+def test_bench_without_a_drafter_is_one_plain_row_and_says_so():
+    args = ["bench", "-m", TARGET_ONLY, "--no-draft", "--runs", "1", *FAST]
+    result = run(*args, "--json")  # the three built-in prompts
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["drafter"] is None and data["identical"]
+    assert {r["mode"] for r in data["rows"]} == {"plain"} and len(data["rows"]) == 3
+    assert all(r["acceptance_rate"] is None for r in data["rows"])
+    table = run(*args)
+    assert "no drafter: plain decoding only" in table.stdout
+    assert "mtp auto" not in table.stdout and "acceptance" not in table.stdout
 
 
 def test_bench_reports_a_mismatch_loudly(monkeypatch):
@@ -478,6 +543,36 @@ def test_draft_schedule_auto_gives_the_same_tokens():
 
 
 # -- distill ------------------------------------------------------------------------------------
+def test_distill_passes_its_options(monkeypatch, tmp_path):
+    """The command line's part: options into distill_command, its summary out as JSON, its
+    errors as one line (tests/test_distill.py trains for real)."""
+    import gemma_mtp_mlx.distill as distill
+
+    calls = []
+
+    def distill_command(model, out, **options):
+        calls.append((model, out, options))
+        if options["steps"] == 13:
+            raise ValueError("too few tokens for one batch")
+        return {"trained_tokens": 42}
+
+    monkeypatch.setattr(distill, "distill_command", distill_command)
+    out = tmp_path / "drafter"
+    args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--hidden", "32",
+            "--vocab-subset", "256", "--batch", "2", "--init", E2B / "drafter", "--seed", "7"]
+    result = run(*args, "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"trained_tokens": 42}
+    model, target, options = calls[0]
+    assert (model, target) == (str(E2B), str(out))
+    assert options == {"init": str(E2B / "drafter"), "tokens": 1000, "steps": 3,
+                       "draft_depth": 3, "hidden": 32, "vocab_subset": 256, "batch": 2,
+                       "lr": 1e-3, "seed": 7, "prompts": None}
+    line = one_error_line(run(*args, "--steps", "13"), 1)
+    assert line == "error: too few tokens for one batch"
+
+
+@pytest.mark.slow
 def test_distill_writes_a_loadable_drafter(tmp_path):
     out = tmp_path / "drafter"
     args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--steps", "3",

@@ -29,8 +29,11 @@ class Server:
     def __init__(self, *args: str):
         cmd = [sys.executable, "-m", "gemma_mtp_mlx", "serve", "-m", str(E2B), "--dtype",
                "float32", "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        # SIGINT as from a terminal: a suite started in the background (`make test &`, nohup)
+        # inherits it ignored, and then Ctrl-C could not stop the server
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
         while (line := self.proc.stderr.readline()) and time.monotonic() < deadline:
