@@ -39,7 +39,12 @@ from .distill_cache import LiveTeacher, build_cache
 from .distill_train import TrainConfig, train
 from .models import gemma4_assistant
 
-DRAFTER_LAYERS = ("sliding_attention",) * 3 + ("full_attention",)
+DRAFTER_LAYERS = 4  # Gemma 4's drafters: 3 sliding layers, then 1 full
+
+
+def drafter_layer_types(n: int) -> list[str]:
+    """n - 1 sliding-attention layers, then one full-attention layer."""
+    return ["sliding_attention"] * (n - 1) + ["full_attention"]
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -66,6 +71,7 @@ class DistillConfig:
     # drafter
     init: str | None = None  # start from this drafter (fine-tune)
     hidden: int | None = None  # drafter width (default: the target's)
+    layers: int = DRAFTER_LAYERS  # drafter layers (the last one full attention)
     vocab_subset: int = 16384  # head over the V most frequent tokens (0: all)
     top_k: int = 32  # teacher tokens kept per position (+ one rest bucket)
     teacher_cache: bool = True  # False: a target pass per batch instead of the disk cache
@@ -104,7 +110,11 @@ def target_rope_parameters(target) -> dict:
 
 
 def drafter_config(
-    target, hidden: int | None = None, draft_vocab: int = 0, intermediate: int | None = None
+    target,
+    hidden: int | None = None,
+    draft_vocab: int = 0,
+    intermediate: int | None = None,
+    layers: int = DRAFTER_LAYERS,
 ) -> dict:
     """A `gemma4_assistant` config whose attention reads this target's K/V."""
     t = target.args
@@ -115,13 +125,13 @@ def drafter_config(
         "model_type": "gemma4_text",
         "hidden_size": hidden,
         "intermediate_size": intermediate or 2 * hidden,
-        "num_hidden_layers": len(DRAFTER_LAYERS),
-        "layer_types": list(DRAFTER_LAYERS),
+        "num_hidden_layers": layers,
+        "layer_types": drafter_layer_types(layers),
         "num_attention_heads": t.num_attention_heads,
         "num_key_value_heads": t.num_key_value_heads,
         "head_dim": head_dim,
         "global_head_dim": global_head_dim,
-        "num_kv_shared_layers": len(DRAFTER_LAYERS),
+        "num_kv_shared_layers": layers,
         "rope_parameters": target_rope_parameters(target),
         "sliding_window": target.sliding_window,
         "max_position_embeddings": t.max_position_embeddings,
@@ -184,7 +194,7 @@ def new_drafter(
 
         return read_config(Path(cfg.init)), load_drafter(cfg.init, mx.float32)
     subset = cfg.vocab_subset if 0 < cfg.vocab_subset < target.vocab_size else 0
-    config = drafter_config(target, cfg.hidden, subset)
+    config = drafter_config(target, cfg.hidden, subset, layers=cfg.layers)
     mx.random.seed(cfg.seed)
     drafter = build_drafter(config)
     if subset:
@@ -234,8 +244,12 @@ def save_drafter(
         trained, drafter = drafter, build_drafter(config)
         drafter.load_weights(tree_flatten(trained.parameters()))
         keep = drafter.quant_predicate
-        nn.quantize(drafter, group_size=group_size, bits=bits,
-                    class_predicate=lambda p, m: hasattr(m, "to_quantized") and keep(p, m))
+
+        def quantizable(path, m):
+            fits = hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
+            return fits and keep(path, m)
+
+        nn.quantize(drafter, group_size=group_size, bits=bits, class_predicate=quantizable)
         cfg["quantization"] = {"group_size": group_size, "bits": bits}
     weights = {
         k: (v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v)

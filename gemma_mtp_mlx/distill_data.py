@@ -18,6 +18,7 @@ import os
 import random
 import sysconfig
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import mlx.core as mx
@@ -205,7 +206,11 @@ def local_documents(root: Path | None = None) -> list[tuple[str, str]]:
     """(name, text) of the standard library's source and text files under `root` (default:
     this Python's), sorted by path, exact duplicates dropped, tests and vendored trees
     skipped. The same on every machine with the same Python version."""
-    root = Path(root or sysconfig.get_paths()["stdlib"])
+    return list(_local_documents(Path(root or sysconfig.get_paths()["stdlib"])))
+
+
+@lru_cache(maxsize=2)
+def _local_documents(root: Path) -> tuple[tuple[str, str], ...]:
     seen, docs = set(), []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
@@ -221,7 +226,7 @@ def local_documents(root: Path | None = None) -> list[tuple[str, str]]:
         if text.strip() and digest not in seen:
             seen.add(digest)
             docs.append((str(rel), text))
-    return docs
+    return tuple(docs)
 
 
 def local_corpus(tokenizer, n_tokens: int, seed: int, held_out=(), root=None) -> list[list[int]]:
