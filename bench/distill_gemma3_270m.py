@@ -27,16 +27,17 @@ from gemma_mtp_mlx.distill import DistillConfig, distill
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 RECIPE = DistillConfig(
-    tokens=400_000,  # data tokens: 40 % the target's own text, 60 % the Python stdlib's
-    local_share=0.6,
+    tokens=250_000,  # data tokens: 30 % the target's own text, 70 % the Python stdlib's
+    local_share=0.7,
     seq_len=128,
     gen_batch=64,
     exclude=str(HELDOUT),
     hidden=256,
+    layers=2,
     vocab_subset=16384,
     top_k=32,
-    steps=3000,
-    batch=32,
+    steps=600,
+    batch=16,
     draft_depth=4,
     lr=2e-3,
     eval_tokens=48,
