@@ -16,6 +16,7 @@ One process, each figure the median of --reps after a warm-up, per row block of
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -80,6 +81,11 @@ def main(argv=None):
     p.add_argument("--vocab-subset", type=int, default=16384)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4, help="drafter layers")
+    p.add_argument("--threads", type=int, nargs="+", default=[0, 1],
+                   help="OpenBLAS threads for MLX's layers in the step (0: all)")
+    p.add_argument("--old", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the old loss")
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--gen-batch", type=int, default=64)
     p.add_argument("--gen-tokens", type=int, default=32)
@@ -129,7 +135,7 @@ def main(argv=None):
                  [f"generation, {V}-row head", C.fmt(cut), C.fmt(n / cut)]]
         print(rows[-2:], flush=True)
     if "step" not in args.skip:
-        cfg = drafter_config(target, args.hidden, V)
+        cfg = drafter_config(target, args.hidden, V, layers=args.layers)
         drafter = build_drafter(cfg)
         drafter.draft_token_ids = ids
         drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
@@ -148,14 +154,17 @@ def main(argv=None):
         targets = teacher_targets(batch, args.depth)
         new_grad = nn.value_and_grad(drafter, lambda m: make_loss(args.depth, window)(
             m, emb, h, kv, targets))
-        for label, threads in (("all threads", 0), ("1 thread for MLX", 1)):
+        shape = f"{args.layers} layers, V {V}"
+        for threads in args.threads:
+            label = "all threads" if threads == 0 else f"{threads} thread for MLX"
             with blas_threads(threads):
-                o = timed(lambda: mx.eval(old_grad(drafter)), args.reps)
+                if args.old:
+                    o = timed(lambda: mx.eval(old_grad(drafter)), args.reps)
+                    rows.append([f"drafter step, old loss (full KL over V, MLX), {shape}, "
+                                 f"{label}", C.fmt(o), C.fmt(n_tok / o)])
                 nw = timed(lambda: mx.eval(new_grad(drafter)), args.reps)
-            rows += [[f"drafter step, old loss (full KL over V, MLX), {label}", C.fmt(o),
-                      C.fmt(n_tok / o)],
-                     [f"drafter step, new loss (top-{args.top_k} KL + rest, numpy), {label}",
-                      C.fmt(nw), C.fmt(n_tok / nw)]]
+            rows.append([f"drafter step, new loss (top-{args.top_k} KL + rest, numpy), "
+                         f"{shape}, {label}", C.fmt(nw), C.fmt(n_tok / nw)])
             print(rows[-2:], flush=True)
     body = C.table(["stage", "seconds", "tokens/s"], rows)
     notes = (f"Target {args.target}; teacher blocks of {args.rows} x {T} tokens, training "
