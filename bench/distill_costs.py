@@ -81,7 +81,7 @@ def main(argv=None):
     p.add_argument("--vocab-subset", type=int, default=16384)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--layers", type=int, default=4, help="drafter layers")
+    p.add_argument("--drafter-layers", type=int, default=4)
     p.add_argument("--threads", type=int, nargs="+", default=[0, 1],
                    help="OpenBLAS threads for MLX's layers in the step (0: all)")
     p.add_argument("--old", action=argparse.BooleanOptionalAction, default=True,
@@ -135,7 +135,7 @@ def main(argv=None):
                  [f"generation, {V}-row head", C.fmt(cut), C.fmt(n / cut)]]
         print(rows[-2:], flush=True)
     if "step" not in args.skip:
-        cfg = drafter_config(target, args.hidden, V, layers=args.layers)
+        cfg = drafter_config(target, args.hidden, V, layers=args.drafter_layers)
         drafter = build_drafter(cfg)
         drafter.draft_token_ids = ids
         drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
@@ -154,7 +154,7 @@ def main(argv=None):
         targets = teacher_targets(batch, args.depth)
         new_grad = nn.value_and_grad(drafter, lambda m: make_loss(args.depth, window)(
             m, emb, h, kv, targets))
-        shape = f"{args.layers} layers, V {V}"
+        shape = f"{args.drafter_layers} layers, V {V}"
         for threads in args.threads:
             label = "all threads" if threads == 0 else f"{threads} thread for MLX"
             with blas_threads(threads):
