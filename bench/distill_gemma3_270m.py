@@ -55,10 +55,18 @@ def main(argv=None):
     p.add_argument("--work", default="/tmp/gemma3-270m-f32", help="where the GGUF converts to")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training in this run (rerun to continue)")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="only write the latest checkpoint's drafter to DIR (no training)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override a recipe field (for measurements; the shipped file "
                         "uses none)")
     args = p.parse_args(argv)
+    if args.export:
+        from gemma_mtp_mlx.distill import export_checkpoint
+
+        meta = export_checkpoint(args.out, args.export, args.target_dir, RECIPE.save_bits)
+        print(f"wrote {args.export} from step {meta['step']}")
+        return
     from mlx_lm.utils import load_tokenizer
 
     from gemma_mtp_mlx.loading import load_target

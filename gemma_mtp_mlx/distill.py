@@ -431,6 +431,22 @@ def distill(
     return summary
 
 
+def export_checkpoint(out: str | Path, dest: str | Path, target_dir: Path | None = None,
+                      bits: int = 0) -> dict:
+    """Write the drafter of `out`'s latest training checkpoint as a drafter folder at `dest`
+    (e.g. to try or ship a run that is still training); returns the checkpoint's meta."""
+    from .distill_train import checkpoint_path
+
+    ckpt = checkpoint_path(Path(out) / WORK / "ckpt")
+    if ckpt is None:
+        raise ValueError(f"{out}: no training checkpoint to export")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    drafter = build_drafter(meta["config"])
+    drafter.load_weights(str(ckpt / "drafter.safetensors"))
+    save_drafter(drafter, meta["config"], Path(dest), target_dir, bits=bits)
+    return meta
+
+
 def target_fingerprint(target) -> str:
     """Cheap identity of the target's weights, so a cache is never reused for another."""
     norm = target.lm.model.norm.weight.astype(mx.float32)

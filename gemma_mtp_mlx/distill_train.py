@@ -221,14 +221,22 @@ def save_checkpoint(path: Path, drafter, opt, step: int, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def checkpoint_path(path: Path) -> Path | None:
+    """The complete checkpoint folder at `path` (or the previous one, when a kill came
+    between the two renames of `save_checkpoint`), None if there is none."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    for p in (path, old):
+        if (p / "meta.json").is_file():
+            return p
+    return None
+
+
 def load_checkpoint(path: Path, drafter, opt, meta: dict) -> int:
     """The step to continue from (0 without a checkpoint); loads weights and optimizer."""
-    path = Path(path)
-    if not (path / "meta.json").is_file():
-        old = path.with_name(path.name + ".old")  # killed between the two renames
-        if not (old / "meta.json").is_file():
-            return 0
-        path = old
+    path = checkpoint_path(path)
+    if path is None:
+        return 0
     saved = json.loads((path / "meta.json").read_text())
     step = saved.pop("step")
     if saved != meta:

@@ -11,10 +11,17 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import FIXTURES
+from mlx.utils import tree_flatten
 
 from gemma_mtp_mlx import distill_data as data
 from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
-from gemma_mtp_mlx.distill import build_drafter, distill, drafter_config, evaluate
+from gemma_mtp_mlx.distill import (
+    build_drafter,
+    distill,
+    drafter_config,
+    evaluate,
+    export_checkpoint,
+)
 from gemma_mtp_mlx.loading import load_pair, load_target
 
 TARGET = FIXTURES / "e2b_tiny" / "target"
@@ -80,6 +87,19 @@ def test_output_loads_as_pair_and_stays_lossless(trained):
         ):
             got += ev.tokens
         assert got == plain, k
+
+
+def test_checkpoint_exports_as_the_trained_drafter(trained, tmp_path):
+    out, summary, _ = trained
+    meta = export_checkpoint(out, tmp_path / "d", TARGET)
+    assert meta["step"] == summary["steps"]
+    a = load_pair(FIXTURES / "e2b_tiny", drafter_path=out).drafter
+    b = load_pair(FIXTURES / "e2b_tiny", drafter_path=tmp_path / "d").drafter
+    for (k, x), (_, y) in zip(tree_flatten(a.parameters()), tree_flatten(b.parameters()),
+                              strict=True):
+        np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=k)
+    with pytest.raises(ValueError, match="no training checkpoint"):
+        export_checkpoint(tmp_path, tmp_path / "e")
 
 
 def test_resume_does_no_more_work(trained):
