@@ -36,7 +36,7 @@ from mlx.utils import tree_flatten
 from . import distill_data as data
 from .decoding import Decoder, DraftSchedule, Session
 from .distill_cache import LiveTeacher, blas_threads, build_cache
-from .distill_train import TrainConfig, train
+from .distill_train import TrainConfig, checkpoint_path, train
 from .models import gemma4_assistant
 
 DRAFTER_LAYERS = 4  # Gemma 4's drafters: 3 sliding layers, then 1 full
@@ -271,8 +271,6 @@ def save_drafter(
     return out
 
 
-
-
 # -- the command --------------------------------------------------------------------------
 
 
@@ -291,7 +289,7 @@ class Reporter:
             TimeRemainingColumn,
         )
 
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
         self.plain = not self.console.is_terminal
         self.every = every
         self.progress = Progress(
@@ -399,7 +397,7 @@ def distill(
         held_ids = [data.encode(tokenizer, p) for p in stats.pop("held_out_prompts")]
         meta = {"config": config, "settings": cfg.fingerprint(), "cache": cache.meta["tokens_hash"]}
         ckpt = work / "ckpt"
-        fresh = not (ckpt / "meta.json").is_file()
+        fresh = checkpoint_path(ckpt) is None
         before = evaluate(target, drafter, held_ids, cfg.eval_k, cfg.eval_tokens) if (
             fresh and cfg.eval_tokens) else None
         task = rep.add_task("training", total=cfg.steps)
@@ -409,8 +407,9 @@ def distill(
 
         result = train(drafter, target, cache, cfg.train_config(), ckpt, meta, report)
     if result["interrupted"]:
-        rep.say(f"interrupted at step {result['steps']}: run the same command to resume")
-        sys.exit(130)
+        rep.say(f"stopped at step {result['steps']} with a checkpoint: "
+                "run the same command to resume")
+        raise KeyboardInterrupt
     after = None
     if cfg.eval_tokens:
         after = evaluate(target, drafter, held_ids, cfg.eval_k, cfg.eval_tokens)
@@ -435,8 +434,6 @@ def export_checkpoint(out: str | Path, dest: str | Path, target_dir: Path | None
                       bits: int = 0) -> dict:
     """Write the drafter of `out`'s latest training checkpoint as a drafter folder at `dest`
     (e.g. to try or ship a run that is still training); returns the checkpoint's meta."""
-    from .distill_train import checkpoint_path
-
     ckpt = checkpoint_path(Path(out) / WORK / "ckpt")
     if ckpt is None:
         raise ValueError(f"{out}: no training checkpoint to export")
