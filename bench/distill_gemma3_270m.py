@@ -61,11 +61,18 @@ def main(argv=None):
                    help="override a recipe field (for measurements; the shipped file "
                         "uses none)")
     args = p.parse_args(argv)
-    if args.export:
+    overrides = {}
+    for item in args.set:
+        name, value = item.split("=", 1)
+        kind = type(getattr(RECIPE, name))
+        overrides[name] = None if value == "None" else (
+            kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
+    if args.export:  # config.json and model.safetensors only: what the package ships
         from gemma_mtp_mlx.distill import export_checkpoint
 
-        meta = export_checkpoint(args.out, args.export, args.target_dir, RECIPE.save_bits)
-        print(f"wrote {args.export} from step {meta['step']}")
+        bits = overrides.get("save_bits", RECIPE.save_bits)
+        meta = export_checkpoint(args.out, args.export, None, bits)
+        print(f"wrote {args.export} from step {meta['step']} ({bits or 32} bits)")
         return
     from mlx_lm.utils import load_tokenizer
 
@@ -82,12 +89,6 @@ def main(argv=None):
         work = convert_pair(gguf, None, Path(args.work), dtype="float32", force=True)
         target_dir = Path(work) / "target"
         print(f"converted the GGUF in {time.perf_counter() - t:.1f} s", flush=True)
-    overrides = {}
-    for item in args.set:
-        name, value = item.split("=", 1)
-        kind = type(getattr(RECIPE, name))
-        overrides[name] = None if value == "None" else (
-            kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
     target = load_target(target_dir)
     tokenizer = load_tokenizer(target_dir)
     summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,
