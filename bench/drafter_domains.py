@@ -7,8 +7,9 @@ Prompts: bench/heldout_prompts.txt (none is in the distillation prompt set), raw
 270M is a base model; --chat-template for instruction-tuned targets). For each domain and
 temperature: tokens per verify pass (accepted drafts + the target's own token, rounds that
 drafted), acceptance of drafted tokens, and decode tokens/s with and without the drafter,
-runs alternated in one process (medians over runs of the per-domain totals). Greedy runs
-also check that the output equals plain decoding. EOS stops a continuation as usual.
+runs alternated in one process (medians over runs of the per-domain totals; the **all**
+row: every domain's tokens over every domain's seconds). Greedy runs also check that the
+output equals plain decoding. EOS stops a continuation as usual.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ def run(target, drafter, prompt, n, k, temperature, seed, eos):
     verifies = [r for r in rounds if r.draft_len]
     return (tokens, seconds, len(verifies), sum(r.emitted for r in verifies),
             sum(r.draft_len for r in verifies), sum(r.accepted for r in verifies))
+
+
+def coverage(drafter, tokens: list[int]) -> str:
+    """The share of the plain run's tokens the drafter can propose at all."""
+    if not getattr(drafter.args, "draft_vocab_size", 0) or not tokens:
+        return "—"
+    ids = set(mx.array(drafter.draft_token_ids).tolist())
+    return C.fmt(sum(t in ids for t in tokens) / len(tokens))
+
+
+def result_row(domain, temperature, n_prompts, totals, base, fast, lossless, cover) -> list:
+    rounds, emitted, drafted, accepted = totals
+    return [domain, temperature, n_prompts, C.fmt(emitted / max(rounds, 1)),
+            C.fmt(accepted / max(drafted, 1)), cover, C.fmt(base), C.fmt(fast),
+            C.fmt(fast / base), ("yes" if lossless else "NO") if temperature == 0 else "—"]
 
 
 def schedule_spec(text: str) -> int | str:
@@ -77,9 +93,11 @@ def main(argv=None):
     run(target, drafter, by_domain[next(iter(by_domain))][0], 8, args.k, 0.0, 0, eos)  # warm-up
     rows = []
     for temperature in args.temperature:
+        overall = {"totals": [0, 0, 0, 0], "plain": [0, 0.0], "draft": [0, 0.0], "same": True,
+                   "emitted": []}
         for domain, prompts in by_domain.items():
             speeds = {"plain": [], "draft": []}
-            totals = [0, 0, 0, 0]
+            totals, emitted = [0, 0, 0, 0], []
             lossless = True
             plain_out: dict[int, list[int]] = {}
             for r in range(args.runs):
@@ -92,6 +110,8 @@ def main(argv=None):
                                                 seed, eos)
                         n_tok += len(toks) - 1
                         secs += dt
+                        if use == "plain" and r == 0:
+                            emitted.extend(toks)
                         if use == "draft":
                             totals = [a + b for a, b in zip(totals, counts, strict=True)]
                             if temperature == 0 and toks != plain_out[i]:
@@ -99,16 +119,23 @@ def main(argv=None):
                         elif temperature == 0:
                             plain_out[i] = toks
                     speeds[use].append(n_tok / secs)
-            rounds, emitted, drafted, accepted = totals
+                    overall[use] = [overall[use][0] + n_tok, overall[use][1] + secs]
+            overall["totals"] = [a + b for a, b in zip(overall["totals"], totals, strict=True)]
+            overall["same"] &= lossless
             base, fast = C.median(speeds["plain"]), C.median(speeds["draft"])
-            rows.append([domain, temperature, len(prompts), C.fmt(emitted / max(rounds, 1)),
-                         C.fmt(accepted / max(drafted, 1)), C.fmt(base), C.fmt(fast),
-                         C.fmt(fast / base),
-                         ("yes" if lossless else "NO") if temperature == 0 else "—"])
+            overall["emitted"] += emitted
+            rows.append(result_row(domain, temperature, len(prompts), totals, base, fast,
+                                   lossless, coverage(drafter, emitted)))
             print(rows[-1], flush=True)
+        base = overall["plain"][0] / overall["plain"][1]
+        fast = overall["draft"][0] / overall["draft"][1]
+        rows.append(result_row("**all**", temperature, sum(map(len, by_domain.values())),
+                               overall["totals"], base, fast, overall["same"],
+                               coverage(drafter, overall["emitted"])))
+        print(rows[-1], flush=True)
     body = C.table(["domain", "temperature", "prompts", f"tokens / verify (K={args.k})",
-                    "acceptance", "no-draft tok/s", "with drafter tok/s", "speedup",
-                    "= plain"], rows)
+                    "acceptance", "in drafter vocab", "no-draft tok/s", "with drafter tok/s",
+                    "speedup", "= plain"], rows)
     notes = (f"Target {args.target}, drafter {args.drafter}, {target.dtype}; held-out prompts "
              f"({args.prompts}), up to {args.tokens} new tokens each (EOS stops), {args.runs} "
              "runs alternated, medians of per-domain tok/s.")

@@ -495,7 +495,9 @@ def distill(
     init: Annotated[
         Path | None, typer.Option("--init", help="Start from this drafter (fine-tune).")
     ] = None,
-    tokens: Annotated[int, typer.Option("--tokens", min=1000, help="Training tokens.")] = 200_000,
+    tokens: Annotated[
+        int, typer.Option("--tokens", min=1000, help="Data tokens (one target pass each).")
+    ] = 200_000,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 1000,
     draft_depth: Annotated[
         int, typer.Option("--draft-depth", min=1, max=8, help="Draft steps unrolled in training.")

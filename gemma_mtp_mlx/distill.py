@@ -1,20 +1,21 @@
 """`gemma-mtp distill`: train an MTP drafter for a target by self-distillation.
 
 The drafter has Gemma 4's `gemma4_assistant` architecture (four Q-only layers on
-the target's K/V, fed `concat(scaled embedding, carry)`), so the decoding loop
-and the loader use it as they use Google's drafters. Training is teacher-forced
-on the target's own text: one target forward gives every position's post-norm
-hidden state h_t, the K/V of the last sliding and last full layers and the
-target's next-token distributions. The drafter's step 1 at position t reads
-`concat(embed(x[t+1]), h_t)` with position id t+1 and the K/V of positions <= t
-(exactly what `Decoder.draft` gives it); steps 2..D reuse that position and feed
-their own carry, as drafting does. The loss is the KL divergence from the
-target's next-token distribution at every step.
+the target's K/V, fed `concat(scaled embedding, carry)`), so the decoding loop and
+the loader use it as they use Google's drafters. The recipe, in stages that each
+resume where an interruption left them (all under `OUT/.work`):
 
-The head may score only the V most frequent tokens of the target's output
-(`--vocab-subset`): cheaper to train and to run; the other tokens are never
-drafted, and the target still verifies over the whole vocabulary, so output is
-unchanged (lossless) whatever the drafter is.
+1. data (`distill_data`): each training prompt's greedy continuation by the target,
+   the drafter's vocabulary (`--vocab-subset`: the V most frequent tokens), sampled
+   continuations and free samples from the target restricted to that vocabulary,
+   and teacher-forced local text (the Python standard library's source and docs);
+2. the teacher cache (`distill_cache`): one target pass per data token;
+3. training (`distill_train`) on the cache: every epoch runs only the drafter;
+4. evaluation with the real decoding loop on held-out prompts, and the drafter folder.
+
+The head scores only the V tokens of the vocabulary subset: cheaper to train and to
+run; other tokens are never drafted, and the target still verifies over the whole
+vocabulary, so output is unchanged (lossless) whatever the drafter is.
 """
 
 from __future__ import annotations
@@ -22,20 +23,28 @@ from __future__ import annotations
 import json
 import resource
 import shutil
+import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_unflatten
+import numpy as np
+from mlx.utils import tree_flatten
 
 from . import distill_data as data
 from .decoding import Decoder, DraftSchedule, Session
+from .distill_cache import LiveTeacher, blas_threads, build_cache
+from .distill_train import TrainConfig, checkpoint_path, train
 from .models import gemma4_assistant
-from .models.cache import KVCache
 
-DRAFTER_LAYERS = ("sliding_attention",) * 3 + ("full_attention",)
+DRAFTER_LAYERS = 4  # Gemma 4's drafters: 3 sliding layers, then 1 full
+
+
+def drafter_layer_types(n: int) -> list[str]:
+    """n - 1 sliding-attention layers, then one full-attention layer."""
+    return ["sliding_attention"] * (n - 1) + ["full_attention"]
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -45,7 +54,50 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
-CKPT = ".ckpt"
+WORK = ".work"
+
+
+@dataclass
+class DistillConfig:
+    """Everything `distill` needs besides the target (its defaults are the CLI's)."""
+
+    # data
+    tokens: int = 200_000  # data tokens, each labelled by one teacher pass
+    local_share: float = 0.5  # of them teacher-forced local text, the rest the target's own
+    seq_len: int = 128  # tokens per row (each starts with BOS)
+    gen_batch: int = 16  # sequences generated at a time
+    prompts: str | None = None  # extra training prompts, one per line
+    exclude: str | None = None  # prompts to keep out of training (e.g. a benchmark's)
+    # drafter
+    init: str | None = None  # start from this drafter (fine-tune)
+    hidden: int | None = None  # drafter width (default: the target's)
+    layers: int = DRAFTER_LAYERS  # drafter layers (the last one full attention)
+    vocab_subset: int = 16384  # head over the V most frequent tokens (0: all)
+    top_k: int = 32  # teacher tokens kept per position (+ one rest bucket)
+    teacher_cache: bool = True  # False: a target pass per batch instead of the disk cache
+    cache_dtype: str = "float16"  # of the cached hidden states, K/V and log-probs
+    # training
+    steps: int = 1000
+    batch: int = 8
+    draft_depth: int = 3
+    lr: float = 1e-3
+    seed: int = 0
+    ckpt_seconds: float = 180.0
+    time_budget: float | None = None  # seconds of training in this run (data not counted)
+    # evaluation and output
+    eval_k: int = 4
+    eval_tokens: int = 48  # new tokens per held-out prompt (0: no evaluation)
+    save_bits: int = 0  # 0: float weights; 8 or 4: a quantized drafter
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch=self.batch, draft_depth=self.draft_depth,
+                           lr=self.lr, seed=self.seed, ckpt_seconds=self.ckpt_seconds,
+                           time_budget=self.time_budget)
+
+    def fingerprint(self) -> dict:
+        """The settings a checkpoint must share to be resumed (not the run's limits)."""
+        skip = {"ckpt_seconds", "time_budget", "eval_k", "eval_tokens", "save_bits"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 # -- the drafter's shape, from the target -------------------------------------------------
@@ -58,7 +110,11 @@ def target_rope_parameters(target) -> dict:
 
 
 def drafter_config(
-    target, hidden: int | None = None, draft_vocab: int = 0, intermediate: int | None = None
+    target,
+    hidden: int | None = None,
+    draft_vocab: int = 0,
+    intermediate: int | None = None,
+    layers: int = DRAFTER_LAYERS,
 ) -> dict:
     """A `gemma4_assistant` config whose attention reads this target's K/V."""
     t = target.args
@@ -69,13 +125,13 @@ def drafter_config(
         "model_type": "gemma4_text",
         "hidden_size": hidden,
         "intermediate_size": intermediate or 2 * hidden,
-        "num_hidden_layers": len(DRAFTER_LAYERS),
-        "layer_types": list(DRAFTER_LAYERS),
+        "num_hidden_layers": layers,
+        "layer_types": drafter_layer_types(layers),
         "num_attention_heads": t.num_attention_heads,
         "num_key_value_heads": t.num_key_value_heads,
         "head_dim": head_dim,
         "global_head_dim": global_head_dim,
-        "num_kv_shared_layers": len(DRAFTER_LAYERS),
+        "num_kv_shared_layers": layers,
         "rope_parameters": target_rope_parameters(target),
         "sliding_window": target.sliding_window,
         "max_position_embeddings": t.max_position_embeddings,
@@ -128,71 +184,37 @@ def init_head_from_target(drafter, target) -> None:
         drafter.model.embed_tokens.weight = target_head_rows(target, head_token_ids(drafter))
 
 
-# -- teacher-forced training --------------------------------------------------------------
+def new_drafter(
+    target, cfg: DistillConfig, counts, always=()
+) -> tuple[dict, gemma4_assistant.Model]:
+    """(config, drafter): from `cfg.init`, or a new one over the `counts`' most frequent
+    tokens (`cfg.vocab_subset` of them, `always` (EOS) in)."""
+    if cfg.init:
+        from .loading import load_drafter, read_config
 
-
-def teacher(target, x: mx.array, rows: mx.array):
-    """One target forward over x [B, T]: hidden [B, T, H], shared K/V, logits over `rows`."""
-    cache = [KVCache() for _ in target.layer_types]
-    h = target.hidden(x, cache)
-    kv = {}
-    for kind, idx in target.kv_source.items():
-        c = cache[idx]
-        kv[kind] = (
-            c.keys[..., : c.offset, :].astype(mx.float32),
-            c.values[..., : c.offset, :].astype(mx.float32),
-        )
-    h = h.astype(mx.float32)
-    logits = h @ rows.T
-    cap = getattr(target.lm, "final_logit_softcapping", None)
-    if cap:
-        logits = mx.tanh(logits / cap) * cap
-    return h, kv, logits
-
-
-def masks(L: int, T: int, window: int) -> dict:
-    q = mx.arange(L)[:, None]
-    k = mx.arange(T)[None]
-    causal = k <= q
-    return {"full_attention": causal, "sliding_attention": causal & (k >= q - window)}
-
-
-def drafter_step(drafter, x_in: mx.array, mask: dict, kv: dict):
-    """The drafter on a block of queries (query i at position i + 1, keys <= i)."""
-    h = drafter.pre_projection(x_in)
-    for layer in drafter.model.layers:
-        t = layer.layer_type
-        h, _, _ = layer(h, mask[t], None, shared_kv=kv[t], offset=1)
-    h = drafter.model.norm(h)
-    return drafter.model.embed_tokens.as_linear(h), drafter.post_projection(h)
-
-
-def unrolled_loss(drafter, x, emb, h, kv, t_logits, depth: int, window: int):
-    """Mean KL(target || drafter) over D unrolled draft steps; also top-1 agreement per step."""
-    T = x.shape[1]
-    L = T - depth
-    mask = masks(L, T, window)
-    carry = h[:, :L]
-    # The target side once for all depths (each depth reads a shifted slice): the
-    # vocabulary-wide elementwise passes dominate a step on the CPU.
-    t_logp_all = t_logits - mx.logsumexp(t_logits, axis=-1, keepdims=True)
-    t_p_all, t_top = mx.exp(t_logp_all), mx.argmax(t_logits, -1)
-    total, agree = 0.0, []
-    for d in range(depth):
-        x_in = mx.concatenate([emb[:, 1 + d : 1 + d + L], carry], axis=-1)
-        s_logits, carry = drafter_step(drafter, x_in, mask, kv)
-        t_logp, t_p = t_logp_all[:, 1 + d : 1 + d + L], t_p_all[:, 1 + d : 1 + d + L]
-        s_logp = s_logits - mx.logsumexp(s_logits, axis=-1, keepdims=True)
-        total = total + (t_p * (t_logp - s_logp)).sum(-1).mean()
-        agree.append((mx.argmax(s_logits, -1) == t_top[:, 1 + d : 1 + d + L]).mean())
-    return total / depth, mx.stack(agree)
+        return read_config(Path(cfg.init)), load_drafter(cfg.init, mx.float32)
+    subset = cfg.vocab_subset if 0 < cfg.vocab_subset < target.vocab_size else 0
+    config = drafter_config(target, cfg.hidden, subset, layers=cfg.layers)
+    mx.random.seed(cfg.seed)
+    drafter = build_drafter(config)
+    if subset:
+        drafter.draft_token_ids = data.frequent_tokens(counts, subset, target.vocab_size,
+                                                       tuple(always))
+    init_head_from_target(drafter, target)
+    return config, drafter
 
 
 # -- evaluation with the real decoding loop -----------------------------------------------
 
 
 def evaluate(target, drafter, prompts: list[list[int]], k: int = 4, new_tokens: int = 48) -> dict:
-    """Greedy speculative decoding at fixed K: tokens per verify pass and acceptance."""
+    """Greedy speculative decoding at fixed K: tokens per verify pass and acceptance.
+    (One OpenBLAS thread: this counts tokens, it times nothing; see distill_cache.)"""
+    with blas_threads(1):
+        return _evaluate(target, drafter, prompts, k, new_tokens)
+
+
+def _evaluate(target, drafter, prompts, k, new_tokens) -> dict:
     emitted = verifies = drafted = accepted = 0
     for prompt in prompts:
         decoder = Decoder(target, drafter)
@@ -214,18 +236,32 @@ def evaluate(target, drafter, prompts: list[list[int]], k: int = 4, new_tokens: 
 
 
 def save_drafter(
-    drafter, config: dict, out: Path, target_dir: Path | None = None, dtype=mx.float32
+    drafter, config: dict, out: Path, target_dir: Path | None = None, dtype=mx.float32,
+    bits: int = 0, group_size: int = 64,
 ) -> Path:
+    """The drafter folder (config.json, model.safetensors, the target's tokenizer files);
+    `bits` 8 or 4 quantizes its linear layers and head (a copy: `drafter` is unchanged)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = dict(
+        config, dtype={mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}[dtype]
+    )
+    if bits:
+        trained, drafter = drafter, build_drafter(config)
+        drafter.load_weights(tree_flatten(trained.parameters()))
+        keep = drafter.quant_predicate
+
+        def quantizable(path, m):
+            fits = hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
+            return fits and keep(path, m)
+
+        nn.quantize(drafter, group_size=group_size, bits=bits, class_predicate=quantizable)
+        cfg["quantization"] = {"group_size": group_size, "bits": bits}
     weights = {
         k: (v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v)
         for k, v in tree_flatten(drafter.parameters())
     }
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
-    cfg = dict(
-        config, dtype={mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}[dtype]
-    )
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     if target_dir is not None:
         for name in TOKENIZER_FILES:
@@ -235,215 +271,190 @@ def save_drafter(
     return out
 
 
-def _save_ckpt(ckpt: Path, drafter, opt, step: int, meta: dict) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(ckpt / "drafter.safetensors"), dict(tree_flatten(drafter.parameters())))
-    state = dict(tree_flatten(opt.state))
-    mx.save_safetensors(str(ckpt / "optimizer.safetensors"), state)
-    (ckpt / "meta.json").write_text(json.dumps(dict(meta, step=step)))
-
-
-def _load_ckpt(ckpt: Path, drafter, opt, meta: dict) -> int:
-    f = ckpt / "meta.json"
-    if not f.is_file():
-        return 0
-    saved = json.loads(f.read_text())
-    step = saved.pop("step")
-    if saved != meta:
-        raise ValueError(f"{ckpt} was made with other settings; delete it to start over")
-    drafter.load_weights(str(ckpt / "drafter.safetensors"))
-    opt.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
-    return step
-
-
 # -- the command --------------------------------------------------------------------------
 
 
+class Reporter:
+    """Progress with ETA: Rich bars on a terminal; elsewhere (a log file) one plain line
+    every `every` seconds per stage, so a background run's log says where it is."""
+
+    def __init__(self, console=None, every: float = 60.0):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+        self.plain = not self.console.is_terminal
+        self.every = every
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, disable=self.plain,
+        )
+        self.tasks: dict = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def add_task(self, description, total, completed=0):
+        task = self.progress.add_task(description, total=total, completed=completed, info="")
+        self.tasks[task] = [description, total, completed, time.perf_counter(), completed, 0.0]
+        return task
+
+    def update(self, task, completed, info: str = ""):
+        self.progress.update(task, completed=completed, info=info)
+        state = self.tasks[task]
+        state[2] = completed
+        now = time.perf_counter()
+        if self.plain and (now - state[5] > self.every or completed >= state[1]):
+            state[5] = now
+            done, rate = completed - state[4], (completed - state[4]) / max(now - state[3], 1e-9)
+            eta = (state[1] - completed) / rate if rate > 0 and done else float("nan")
+            self.say(f"{time.strftime('%H:%M:%S')} {state[0]}: {completed}/{state[1]} "
+                     f"({now - state[3]:.0f} s, ETA {eta / 60:.1f} min) {info}".rstrip())
+
+
+def prepare_data(target, tokenizer, cfg: DistillConfig, work: Path, rep: Reporter):
+    """Stage 1: (rows, lengths, drafter config, drafter, stats). Every generation round is
+    saved as it finishes; the rest is recomputed the same way from them and the seed."""
+    all_prompts = data.load_prompts(cfg.prompts)
+    train_prompts, held = data.split_prompts(all_prompts, seed=cfg.seed)
+    keep_out = [p for _, p in held]
+    if cfg.exclude:
+        keep_out += [p for _, p in data.parse_prompts(Path(cfg.exclude).read_text("utf-8"))]
+    train_prompts = [p for p in train_prompts if not data.contains_held_out(p[1], keep_out)]
+    n_gen = round(cfg.tokens * (1 - cfg.local_share))
+    T, batch = cfg.seq_len, cfg.gen_batch
+    greedy_rounds = data.greedy_rounds(len(train_prompts), batch)
+    t0 = time.perf_counter()
+    greedy = data.generate_corpus(
+        target.lm, tokenizer, train_prompts, n_gen, T, batch, cfg.seed, work / "greedy.json",
+        rep, rounds=(0, greedy_rounds), label="greedy continuations")
+    local = data.local_corpus(tokenizer, cfg.tokens - n_gen, cfg.seed, keep_out)
+    # The drafter's vocabulary: what the target says weighs more than local text.
+    counts = data.token_counts([(greedy, 4), (local, 1)])
+    eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", ()) or ()))
+    config, drafter = new_drafter(target, cfg, counts, eos)
+    ids = head_token_ids(drafter)
+    left = n_gen - sum(map(len, greedy))
+    sampled = []
+    if left > 0:
+        cap = getattr(target.lm, "final_logit_softcapping", None)
+        lm = data.SubsetLM(target.lm, target_head_rows(target, ids), ids, cap)
+        sampled = data.generate_corpus(
+            lm, tokenizer, train_prompts, left, T, batch, cfg.seed, work / "sampled.json", rep,
+            rounds=(greedy_rounds, None), label="sampled continuations")
+    generated = data.drop_held_out(tokenizer, greedy + sampled, keep_out)
+    rows, lengths = data.make_rows(generated + local, T, getattr(tokenizer, "bos_token_id", None))
+    in_subset = np.isin(np.concatenate([np.array(s[1:]) for s in greedy] or [np.zeros(0)]),
+                        np.array(ids))
+    stats = {
+        "generated_tokens": sum(map(len, generated)), "local_tokens": sum(map(len, local)),
+        "rows": int(rows.shape[0]), "row_tokens": int(lengths.sum()),
+        "generate_seconds": time.perf_counter() - t0,
+        "subset_coverage_greedy": float(in_subset.mean()) if in_subset.size else None,
+        "held_out_prompts": [p for _, p in held],
+    }
+    return rows, lengths, config, drafter, stats
+
+
 def distill(
-    target,
-    tokenizer,
-    out: str | Path,
-    target_dir: Path | None = None,
-    init: str | Path | None = None,
-    tokens: int = 200_000,
-    steps: int = 1000,
-    draft_depth: int = 3,
-    hidden: int | None = None,
-    vocab_subset: int = 16384,
-    batch: int = 8,
-    seq_len: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    prompts: str | Path | None = None,
-    new_tokens: int = 96,
-    gen_batch: int = 16,
-    eval_every: int = 250,
-    ckpt_every: int = 100,
-    eval_k: int = 4,
-    eval_tokens: int = 48,
-    time_budget: float | None = None,
-    console=None,
+    target, tokenizer, out: str | Path, cfg: DistillConfig | None = None,
+    target_dir: Path | None = None, console=None, **options,
 ) -> dict:
-    """Generate data, train, evaluate and write a drafter folder at `out`; returns a summary.
-
-    `time_budget` (seconds of training, data generation not counted): stop early, keeping
-    the drafter trained so far (the summary says at which step)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    """Data, teacher cache, training, evaluation; writes a drafter folder at `out` and
+    returns a summary. Rerunning the same call resumes an interrupted one (Ctrl-C stops
+    training after the current step with a checkpoint). `options` override `cfg`'s fields."""
+    cfg = DistillConfig(**{**(asdict(cfg) if cfg else {}), **options})
     out = Path(out)
-    ckpt = out / CKPT
-    mx.random.seed(seed)
-    say = console.print if console is not None else print
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    all_prompts = data.load_prompts(prompts)
-    train_prompts, held = data.split_prompts(all_prompts, seed=seed)
-    with Progress(*columns, console=console, transient=False) as progress:
-        t0 = time.perf_counter()
-        seqs = data.generate_corpus(
-            target,
-            tokenizer,
-            train_prompts,
-            tokens,
-            new_tokens,
-            gen_batch,
-            seed,
-            ckpt / "data.json",
-            _Tracker(progress),
-        )
-        gen_seconds = time.perf_counter() - t0
-
-        if init:
-            from .loading import load_drafter, read_config
-
-            config = read_config(Path(init))
-            drafter = load_drafter(init, mx.float32)
-        else:
-            subset = vocab_subset if 0 < vocab_subset < target.vocab_size else 0
-            config = drafter_config(target, hidden, subset)
-            drafter = build_drafter(config)
-            if subset:
-                eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
-                drafter.draft_token_ids = data.frequent_tokens(
-                    seqs, subset, target.vocab_size, always=eos
-                )
-            init_head_from_target(drafter, target)
+    work = out / WORK
+    with Reporter(console) as rep:
+        rows, lengths, config, drafter, stats = prepare_data(target, tokenizer, cfg, work, rep)
         drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
-        rows = target_head_rows(target, head_token_ids(drafter))
+        ids = np.array(head_token_ids(drafter))
+        t0 = time.perf_counter()
+        head_rows = np.array(target_head_rows(target, mx.array(ids)))
+        if cfg.teacher_cache:
+            cache = build_cache(
+                target, work / "cache", rows, lengths, ids, head_rows, cfg.top_k,
+                target_key=target_fingerprint(target), progress=rep, dtype=cfg.cache_dtype)
+        else:
+            cache = LiveTeacher(target, rows, lengths, head_rows, cfg.top_k)
+        cache_seconds = time.perf_counter() - t0
+        held_ids = [data.encode(tokenizer, p) for p in stats.pop("held_out_prompts")]
+        meta = {"config": config, "settings": cfg.fingerprint(), "cache": cache.meta["tokens_hash"]}
+        ckpt = work / "ckpt"
+        fresh = checkpoint_path(ckpt) is None
+        before = evaluate(target, drafter, held_ids, cfg.eval_k, cfg.eval_tokens) if (
+            fresh and cfg.eval_tokens) else None
+        task = rep.add_task("training", total=cfg.steps)
 
-        warm = max(1, min(100, steps // 10))
-        schedule = optim.join_schedules(
-            [
-                optim.linear_schedule(lr / 100, lr, warm),
-                optim.cosine_decay(lr, max(1, steps - warm), lr / 20),
-            ],
-            [warm],
-        )
-        opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
-        meta = {
-            "config": config,
-            "seed": seed,
-            "steps": steps,
-            "batch": batch,
-            "seq_len": seq_len,
-            "draft_depth": draft_depth,
-            "lr": lr,
-        }
-        step = _load_ckpt(ckpt, drafter, opt, meta)
-        rows_data = data.pack(seqs, seq_len, seed)
-        held_ids = [data.encode(tokenizer, p) for _, p in held]
+        def report(step, loss, top1):
+            rep.update(task, step, f"loss {loss:.3f} top1 " + " ".join(f"{a:.2f}" for a in top1))
 
-        def loss_fn(model, x, emb, h, kv, t_logits):
-            return unrolled_loss(model, x, emb, h, kv, t_logits, draft_depth, target.sliding_window)
-
-        grad_fn = nn.value_and_grad(drafter, loss_fn)
-
-        def held_out_eval(prompts):  # eval_tokens=0: skip (e.g. to time training alone)
-            return evaluate(target, drafter, prompts, eval_k, eval_tokens) if eval_tokens else None
-
-        before = held_out_eval(held_ids) if step == 0 else None
-        task = progress.add_task("training", total=steps, completed=step, info="")
-        n_rows = rows_data.shape[0]
-        t_train = time.perf_counter()
-        trained_tokens = 0
-        history = []
-        while step < steps:
-            if time_budget is not None and time.perf_counter() - t_train > time_budget:
-                say(f"time budget reached: stopping at step {step} of {steps}")
-                break
-            i0 = (step * batch) % n_rows
-            idx = mx.array([(i0 + j) % n_rows for j in range(batch)])
-            x = rows_data[idx]
-            h, kv, t_logits = teacher(target, x, rows)
-            emb = target.embed(x).astype(mx.float32)
-            (loss, agree), grads = grad_fn(drafter, x, emb, h, kv, t_logits)
-            opt.update(drafter, grads)
-            mx.eval(drafter.parameters(), opt.state, loss, agree)
-            step += 1
-            trained_tokens += x.size
-            info = f"loss {loss.item():.3f} top1 " + " ".join(f"{a:.2f}" for a in agree.tolist())
-            progress.update(task, completed=step, info=info)
-            if step % ckpt_every == 0 or step == steps:
-                _save_ckpt(ckpt, drafter, opt, step, meta)
-            if eval_tokens and eval_every and step % eval_every == 0 and step < steps:
-                ev = held_out_eval(held_ids[:4])
-                history.append({"step": step, **ev})
-                say(
-                    f"step {step}: {ev['tokens_per_verify']:.2f} tokens/verify at K={eval_k}, "
-                    f"acceptance {ev['acceptance']:.2f}"
-                )
-        train_seconds = time.perf_counter() - t_train
-
-    after = held_out_eval(held_ids)
-    save_drafter(drafter, config, out, target_dir)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+        result = train(drafter, target, cache, cfg.train_config(), ckpt, meta, report)
+    if result["interrupted"]:
+        rep.say(f"stopped at step {result['steps']} with a checkpoint: "
+                "run the same command to resume")
+        raise KeyboardInterrupt
+    after = None
+    if cfg.eval_tokens:
+        after = evaluate(target, drafter, held_ids, cfg.eval_k, cfg.eval_tokens)
+    save_drafter(drafter, config, out, target_dir, bits=cfg.save_bits)
+    trained = max(result["trained_tokens"], 1)
     summary = {
-        "out": str(out),
-        "sequences": len(seqs),
-        "corpus_tokens": sum(map(len, seqs)),
-        "generate_seconds": gen_seconds,
-        "train_seconds": train_seconds,
-        "trained_tokens": trained_tokens,
-        "steps": step,
-        "seconds_per_million_tokens": train_seconds / max(trained_tokens, 1) * 1e6,
-        "peak_rss_mib": peak,
-        "before": before,
-        "after": after,
-        "history": history,
+        "out": str(out), **stats,
+        "cache_seconds": cache_seconds,
+        "cache_bytes_per_token": cache.nbytes_per_token() if cfg.teacher_cache else 0,
+        "train_seconds": result["seconds"], "trained_tokens": result["trained_tokens"],
+        "steps": result["steps"], "start_step": result["start_step"],
+        "seconds_per_million_tokens": result["seconds"] / trained * 1e6,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "before": before, "after": after,
+        "last": result["history"][-1] if result["history"] else None,
     }
     (out / "distill.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-class _Tracker:
-    """Adapter so distill_data can report progress without importing rich."""
+def export_checkpoint(out: str | Path, dest: str | Path, target_dir: Path | None = None,
+                      bits: int = 0) -> dict:
+    """Write the drafter of `out`'s latest training checkpoint as a drafter folder at `dest`
+    (e.g. to try or ship a run that is still training); returns the checkpoint's meta."""
+    ckpt = checkpoint_path(Path(out) / WORK / "ckpt")
+    if ckpt is None:
+        raise ValueError(f"{out}: no training checkpoint to export")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    drafter = build_drafter(meta["config"])
+    drafter.load_weights(str(ckpt / "drafter.safetensors"))
+    save_drafter(drafter, meta["config"], Path(dest), target_dir, bits=bits)
+    return meta
 
-    def __init__(self, progress):
-        self.progress = progress
 
-    def add_task(self, description, total, completed=0):
-        return self.progress.add_task(description, total=total, completed=completed, info="")
-
-    def update(self, task, completed):
-        self.progress.update(task, completed=completed)
+def target_fingerprint(target) -> str:
+    """Cheap identity of the target's weights, so a cache is never reused for another."""
+    norm = target.lm.model.norm.weight.astype(mx.float32)
+    row = target.lm.model.embed_tokens(mx.array([1, 2, 3])).astype(mx.float32)
+    sums = f"{norm.sum().item():.6g}:{row.sum().item():.6g}"
+    return f"{target.hidden_size}x{target.vocab_size}:{sums}"
 
 
 def distill_command(model: str, out: str, **options) -> dict:
     """`gemma-mtp distill -m TARGET -o OUT ...`: load the target folder and run `distill`
-    (options as `distill` takes them)."""
+    (options: `DistillConfig`'s fields)."""
     from mlx_lm.utils import load_tokenizer
 
     from .loading import load_target, resolve_pair_dirs

@@ -63,7 +63,8 @@ def bundled_pair(cache_dir: Path | None = None, progress: bool = False) -> Path:
 
 def complete_cache(out: Path) -> None:
     """Bring a conversion made by an older release up to date: the chat template, and the
-    drafter if this release ships one. Each lands whole (written aside, then renamed)."""
+    drafter this release ships (missing, or an older one). Each lands whole (written aside,
+    then renamed)."""
     from .convert.gguf import GEMMA3_CHAT_TEMPLATE
 
     template = out / "target" / "chat_template.jinja"
@@ -71,10 +72,24 @@ def complete_cache(out: Path) -> None:
         tmp = template.with_name(f".{template.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(GEMMA3_CHAT_TEMPLATE)
         os.replace(tmp, template)
-    if drafter_shipped() and not (out / "drafter").is_dir():
-        tmp = out / f".drafter.{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copytree(BUNDLED_DRAFTER, tmp)
-            os.replace(tmp, out / "drafter")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    dest = out / "drafter"
+    if not drafter_shipped() or _same_files(BUNDLED_DRAFTER, dest):
+        return
+    tmp, old = (out / f".drafter.{uuid.uuid4().hex[:8]}{s}" for s in ("", ".old"))
+    try:
+        shutil.copytree(BUNDLED_DRAFTER, tmp)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    if not b.is_dir():
+        return False
+    names = sorted(p.name for p in a.iterdir())
+    if names != sorted(p.name for p in b.iterdir()):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)

@@ -1,20 +1,31 @@
-"""`gemma-mtp distill` on the tiny E2B-shaped target: a few hundred steps of
-self-distillation lift acceptance far above an untrained drafter's on held-out
-prompts, the output folder loads as a pair, and decoding with it stays lossless."""
+"""`gemma-mtp distill` end to end on the tiny E2B-shaped target: a hundred steps of
+self-distillation (the target's own text and local text, a vocabulary subset, the teacher
+cache) lift acceptance far above an untrained drafter's on held-out prompts, the output
+folder loads as a pair, and decoding with it stays lossless; held-out prompts never reach
+the training data."""
 
 from functools import cache
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import FIXTURES
+from mlx.utils import tree_flatten
 
 from gemma_mtp_mlx import distill_data as data
 from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
-from gemma_mtp_mlx.distill import build_drafter, distill, drafter_config, evaluate
+from gemma_mtp_mlx.distill import (
+    build_drafter,
+    distill,
+    drafter_config,
+    evaluate,
+    export_checkpoint,
+)
 from gemma_mtp_mlx.loading import load_pair, load_target
 
 TARGET = FIXTURES / "e2b_tiny" / "target"
+HELDOUT = Path(__file__).parent.parent / "bench" / "heldout_prompts.txt"
 
 
 @cache
@@ -37,16 +48,16 @@ def trained(tmp_path_factory):
     kw = dict(
         target_dir=TARGET,
         tokens=6000,
-        steps=150,
+        local_share=0.25,
+        steps=120,
         draft_depth=2,
         hidden=32,
+        vocab_subset=384,
         batch=8,
         seq_len=48,
         lr=3e-3,
-        new_tokens=40,
-        gen_batch=16,
-        eval_every=0,
-        ckpt_every=50,
+        gen_batch=32,
+        exclude=str(HELDOUT),
     )
     summary = distill(target, tok, out, **kw)
     return out, summary, kw
@@ -55,6 +66,7 @@ def trained(tmp_path_factory):
 def test_distilled_drafter_beats_untrained(trained):
     _, s, _ = trained
     before, after = s["before"], s["after"]
+    assert s["local_tokens"] > 0 and s["generated_tokens"] > 0 and s["cache_bytes_per_token"] > 0
     assert before["acceptance"] < 0.1
     assert after["acceptance"] > before["acceptance"] + 0.15
     assert after["tokens_per_verify"] > before["tokens_per_verify"] + 0.4
@@ -75,6 +87,19 @@ def test_output_loads_as_pair_and_stays_lossless(trained):
         ):
             got += ev.tokens
         assert got == plain, k
+
+
+def test_checkpoint_exports_as_the_trained_drafter(trained, tmp_path):
+    out, summary, _ = trained
+    meta = export_checkpoint(out, tmp_path / "d", TARGET)
+    assert meta["step"] == summary["steps"]
+    a = load_pair(FIXTURES / "e2b_tiny", drafter_path=out).drafter
+    b = load_pair(FIXTURES / "e2b_tiny", drafter_path=tmp_path / "d").drafter
+    for (k, x), (_, y) in zip(tree_flatten(a.parameters()), tree_flatten(b.parameters()),
+                              strict=True):
+        np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=k)
+    with pytest.raises(ValueError, match="no training checkpoint"):
+        export_checkpoint(tmp_path, tmp_path / "e")
 
 
 def test_resume_does_no_more_work(trained):
@@ -128,3 +153,43 @@ def test_round_plan_covers_each_prompt_greedily_once_then_varies():
     assert data.round_plan(5, n, batch, seed=3, free=True) == plans[5]
     assert all(idx is not None for idx, _ in
                (data.round_plan(r, n, batch, 3, free=False) for r in range(9)))
+
+
+def test_held_out_prompts_stay_out_of_training(trained, tmp_path):
+    """Neither distill's held-out split nor bench/heldout_prompts.txt is a training prompt,
+    and no training row (generated or local text) contains one."""
+    out, _, _ = trained
+    _, tok = tiny()
+    held_bench = [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))]
+    train, held = data.split_prompts(data.load_prompts())
+    texts = [p for _, p in train]
+    assert held_bench and not any(data.contains_held_out(t, held_bench) for t in texts)
+    assert not any(data.contains_held_out(t, [p for _, p in held]) for t in texts)
+    rows = np.load(out / ".work" / "cache" / "tokens.npy")
+    lengths = np.load(out / ".work" / "cache" / "lengths.npy")
+    every = held_bench + [p for _, p in held]
+    decoded = [tok.decode(r[:n].tolist()) for r, n in zip(rows, lengths, strict=True)]
+    assert not any(data.contains_held_out(t, every) for t in decoded)
+    # The filter itself: a document with a held-out prompt inside (any spacing) is dropped.
+    doc = "x = 1\n# " + held_bench[0].replace(" ", "  ") + "\ny = 2"
+    assert data.contains_held_out(doc, held_bench)
+    seqs = [data.encode(tok, doc), data.encode(tok, "plain text")]
+    assert data.drop_held_out(tok, seqs, held_bench) == seqs[1:]
+
+
+def test_local_documents_are_deduplicated_and_skip_tests(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "test").mkdir()
+    (tmp_path / "a.py").write_text("print('a')\n")
+    (tmp_path / "pkg" / "b.py").write_text("print('a')\n")  # same text: dropped
+    (tmp_path / "pkg" / "c.rst").write_text("Docs.\n")
+    (tmp_path / "test" / "t.py").write_text("assert 1\n")
+    (tmp_path / "d.bin").write_bytes(b"\x00")
+    assert data.local_documents(tmp_path) == [("a.py", "print('a')\n"), ("pkg/c.rst", "Docs.\n")]
+    assert len(data.local_documents()) > 100  # this Python's standard library
+
+
+def test_rows_start_with_bos_and_pad_after_their_length():
+    tokens, lengths = data.make_rows([[2, 5, 6, 7, 8, 9], [2, 4]], 4, bos=2, min_len=2)
+    assert tokens.tolist() == [[2, 5, 6, 7], [2, 8, 9, 0], [2, 4, 0, 0]]
+    assert lengths.tolist() == [4, 3, 2]

@@ -127,3 +127,19 @@ def test_an_old_cache_gets_the_template_and_a_newly_shipped_drafter(monkeypatch,
         p.name for p in (E2B / "drafter").iterdir())
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing half-made
     shutil.rmtree(out / "drafter")
+
+
+def test_an_old_cache_gets_a_newer_shipped_drafter(monkeypatch, tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    (shipped / "model.safetensors").write_bytes(b"v1")
+    monkeypatch.setattr(fallback, "BUNDLED_DRAFTER", shipped)
+    out = tmp_path / fallback.BUNDLED_NAME
+    (out / "target").mkdir(parents=True)
+    fallback.complete_cache(out)  # converted before a drafter shipped: copied in
+    assert (out / "drafter" / "model.safetensors").read_bytes() == b"v1"
+    (shipped / "model.safetensors").write_bytes(b"v2")  # a newer package: replaced
+    fallback.complete_cache(out)
+    assert (out / "drafter" / "model.safetensors").read_bytes() == b"v2"
+    assert sorted(p.name for p in out.iterdir()) == ["drafter", "target"]

@@ -103,21 +103,39 @@ class Model(nn.Module):
         inputs_embeds: mx.array,
         position: int | mx.array,
         shared_kv: dict[str, tuple[mx.array, mx.array]],
+        mask: dict[str, mx.array] | None = None,
     ) -> tuple[mx.array, mx.array]:
         """One draft step: (logits [B, L, V], carry [B, L, backbone_hidden])."""
+        h, carry = self.body(inputs_embeds, position, shared_kv, mask)
+        return self.head(h), carry
+
+    def body(
+        self,
+        inputs_embeds: mx.array,
+        position: int | mx.array,
+        shared_kv: dict[str, tuple[mx.array, mx.array]],
+        mask: dict[str, mx.array] | None = None,
+    ) -> tuple[mx.array, mx.array]:
+        """The layers: (post-norm hidden [B, L, hidden], carry [B, L, backbone_hidden]).
+
+        Without `mask` the shared K/V are already cut to what each layer may see (one
+        query, as in decoding); training runs a block of queries with a mask per layer
+        type (query i at position `position + i`)."""
         h = self.pre_projection(inputs_embeds)
         for layer in self.model.layers:
-            # No mask: the shared K/V are already cut to what this layer may see.
-            h, _, _ = layer(h, None, None, shared_kv=shared_kv[layer.layer_type], offset=position)
+            t = layer.layer_type
+            m = None if mask is None else mask[t]
+            h, _, _ = layer(h, m, None, shared_kv=shared_kv[t], offset=position)
         h = self.model.norm(h)
-        carry = self.post_projection(h)
+        return h, self.post_projection(h)
+
+    def head(self, h: mx.array) -> mx.array:
+        """Logits over the whole vocabulary (-inf for tokens this drafter never drafts)."""
         if self.args.use_ordered_embeddings:
-            logits = self.masked_embedding(h, self.model.embed_tokens)
-        elif self.args.draft_vocab_size:
-            logits = self.expand_logits(self.model.embed_tokens.as_linear(h))
-        else:
-            logits = self.model.embed_tokens.as_linear(h)
-        return logits, carry
+            return self.masked_embedding(h, self.model.embed_tokens)
+        if self.args.draft_vocab_size:
+            return self.expand_logits(self.model.embed_tokens.as_linear(h))
+        return self.model.embed_tokens.as_linear(h)
 
     def expand_logits(self, sub: mx.array) -> mx.array:
         """Logits over `draft_token_ids` [..., V'] -> the full vocabulary, -inf elsewhere."""
