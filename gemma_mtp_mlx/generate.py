@@ -28,6 +28,7 @@ class Stats:
     ttft_s: float = 0.0
     finish_reason: str | None = None
     rounds: list[RoundInfo] = field(default_factory=list)
+    decode_width: int = 1  # rows of each single-token pass (calibration.py)
 
     @property
     def tokens_per_s(self) -> float:
@@ -65,6 +66,17 @@ class Stats:
         return out
 
     @property
+    def redone_rounds(self) -> int:
+        """Draft rounds whose verify row was too close to a tie to trust, redone on the
+        single-token path (greedy guard)."""
+        return sum(r.redone for r in self.draft_rounds)
+
+    @property
+    def redo_rate(self) -> float:
+        rounds = len(self.draft_rounds)
+        return self.redone_rounds / rounds if rounds else 0.0
+
+    @property
     def accepted_histogram(self) -> dict[int, int]:
         hist: dict[int, int] = {}
         for r in self.draft_rounds:
@@ -84,6 +96,9 @@ class Stats:
             "per_position_acceptance": [round(x, 4) for x in self.per_position_acceptance],
             "draft_rounds": len(self.draft_rounds),
             "draft_lengths": [r.draft_len for r in self.draft_rounds],
+            "redone_rounds": self.redone_rounds,
+            "redo_rate": round(self.redo_rate, 4),
+            "decode_width": self.decode_width,
             "peak_memory_gb": round(peak_memory_gb(), 4),
         }
 
@@ -138,11 +153,12 @@ def stream_generate(
     decoder = decoder or Decoder(pair.target, drafter, sampling)
     session = session or Session(pair.target)
     seeded = sampling is not None and not sampling.greedy and sampling.seed is not None
-    schedule = make_schedule(num_draft, drafter is not None, seeded)
+    schedule = make_schedule(num_draft, drafter is not None, seeded, decoder.schedule_memory)
     decoder.prepare(prompt_ids)  # not counted in TTFT
     detok = pair.tokenizer.detokenizer
     detok.reset()
-    stats = Stats(prompt_tokens=len(prompt_ids) + (session.pending is not None))
+    stats = Stats(prompt_tokens=len(prompt_ids) + (session.pending is not None),
+                  decode_width=decoder.decode_width)
     t0 = time.perf_counter()
     text, shown = "", 0  # all text so far; how much of it was yielded
     eos = () if ignore_eos else pair.eos_ids  # ignore_eos: run to max_tokens (benchmarks, tests)

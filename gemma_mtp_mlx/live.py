@@ -86,6 +86,8 @@ def stats_line(
             f"acceptance {_pct(stats.acceptance_rate)} ({stats.mean_accepted_per_round:.2f}/round)"
         )
         parts.append(f"{len(stats.draft_rounds)} draft rounds")
+        if stats.redone_rounds:
+            parts.append(f"{stats.redone_rounds} redone ({_pct(stats.redo_rate)})")
     else:
         parts.append("drafter off")
     parts.append(f"peak {_peak_gb():.2f} GB")
@@ -150,6 +152,11 @@ def status_panel(
             "drafter",
             f"acceptance {_pct(stats.acceptance_rate)} · "
             f"{stats.mean_accepted_per_round:.2f} accepted/round · {len(rounds)} rounds{now}",
+        )
+        grid.add_row(
+            "exactness",
+            f"redone {stats.redone_rounds} ({_pct(stats.redo_rate)}) · "
+            f"decode width {stats.decode_width}",
         )
         hist = stats.accepted_histogram
         if hist:
