@@ -56,11 +56,14 @@ KERNEL_BOUNDARIES = (1024, 4096, *(2**p for p in range(13, 21)))
 
 # Sound bound: if no logit of a row moves by more than D, its argmax can flip only when its
 # top-2 margin is below 2 D. D is estimated by the largest difference measured on
-# COMPARED_ROWS rows per width, at one context per range, on a clean cache. The factor
-# covers what that sample misses: rows elsewhere, and, after many accepted verify rows, a
-# cache whose K/V themselves came from verify rows. 4 keeps the margin the loop had
-# (8 x the measured difference); its evidence on real weights: bench/decode_width.py.
-# A redo costs one pass; a missed flip breaks the promise, so the factor errs wide.
+# COMPARED_ROWS rows of each width in a context range, pooled over the widths that differ,
+# on a clean cache. The factor covers what that sample misses: other rows, and, after many
+# accepted verify rows, a cache whose K/V came from verify rows. Measured on Gemma 3 270M
+# float32 (OpenBLAS; bench/decode_width.py, BENCHMARKS.md "Decode width"): over 378 verify
+# rows of real text the largest per-row difference was 1.29 D (99th percentile 0.72 D),
+# and end to end, the logits that decided each of 95 tokens of a drafted run against the
+# plain run's, at most 0.57 D. The sound bound needs 2 x 1.29 D; 4 gives a margin of 8 D,
+# 3x that. A redo costs one pass; a missed flip breaks the promise, so the factor errs wide.
 MARGIN_SAFETY = 4.0
 
 # Padding a verify pays only when the wider pass is clearly cheaper: < 90 % of the exact
@@ -106,20 +109,20 @@ def compare_widths(target, cache, tokens: list[int], decode_width: int, widths) 
 
 
 def time_widths(target, cache, widths, reps: int = 2) -> dict[int, float]:
-    """Median seconds of one target pass of each number of rows (after one warm-up)."""
+    """Median seconds of one target pass of each number of rows. Repetitions interleave the
+    widths (after one warm-up round that compiles each shape), so load that comes and goes
+    on a shared machine hits every width alike."""
     seq = scratch_tokens(target.vocab_size, max(widths), seed=1)
-    costs = {}
-    for w in widths:
-        ids = mx.array(seq[:w], dtype=mx.uint32)[None]
-        times = []
-        for r in range(reps + 1):  # the first compiles kernels for this shape
+    times: dict[int, list[float]] = {w: [] for w in widths}
+    for r in range(reps + 1):
+        for w in widths:
+            ids = mx.array(seq[:w], dtype=mx.uint32)[None]
             t = time.perf_counter()
             mx.eval(target(ids, cache))
             rollback(cache, w)
             if r:
-                times.append(time.perf_counter() - t)
-        costs[w] = sorted(times)[len(times) // 2]
-    return costs
+                times[w].append(time.perf_counter() - t)
+    return {w: sorted(ts)[len(ts) // 2] for w, ts in times.items()}
 
 
 def choose_decode_width(table: dict[int, dict[int, float]], costs: dict[int, float]) -> int:
@@ -166,11 +169,15 @@ class Calibration:
 
     def margin(self, width: int, context: int) -> float | None:
         """Greedy redoes a row of a `width`-row verify at `context` whose top-2 margin is below
-        this; None where that width was not measured in this context range yet."""
+        this; None where that width was not measured in this context range yet. 0 where the
+        width rounds as the decode pass bit for bit; else the bound for the largest
+        difference of any width in the range (pooled: 4 rows of one width are a thin sample)."""
         measured = self.discrepancy.get(self.context_range(context), {})
         if width not in measured:
             return None
-        return MARGIN_SAFETY * 2.0 * measured[width]
+        if measured[width] == 0:
+            return 0.0
+        return MARGIN_SAFETY * 2.0 * max(measured.values())
 
     def check_in_place(self, target, cache, token: int, widths) -> None:
         """Measure the discrepancy of `widths` on the live cache at its current length."""

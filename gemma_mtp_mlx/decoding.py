@@ -97,6 +97,7 @@ class Decoder:
         self.forced_margin = greedy_margin
         self.forced_decode_width = decode_width
         self._ahead = None  # a queued plain step: (token, hidden)
+        self._checking = 0.0  # seconds of this round spent re-checking the calibration
         if verify_width != "auto" and not 0 <= int(verify_width) <= MAX_DRAFT + 1:
             raise ValueError(f"verify width must be 'auto' or in 0..{MAX_DRAFT + 1}")
         self.verify_width = verify_width
@@ -247,9 +248,11 @@ class Decoder:
         if cal.spans_boundary(at, at + fed + self.decode_width):
             return None
         if cal.margin(fed, at) is None:
+            t = time.perf_counter()
             in_use = {k + 1, fed} | {self.width(n, at) for n in SCHEDULE_WIDTHS}
             cal.check_in_place(self.target, session.cache, session.pending, sorted(in_use))
             fed = self.width(k + 1, at)  # the plan may change with what was measured
+            self._checking += time.perf_counter() - t
         return fed, cal.margin(fed, at)
 
     # -- the loop -------------------------------------------------------------------
@@ -285,9 +288,9 @@ class Decoder:
         done = self._finish(first, generated, max_tokens, eos)
         yield Event([first], None, len(tokens), time.perf_counter() - t0, done)
         while not done:
-            t = time.perf_counter()
+            t, self._checking = time.perf_counter(), 0.0
             new, k, accepted, redone = self._round(session, schedule, max_tokens - generated)
-            schedule.update(k, accepted, time.perf_counter() - t)
+            schedule.update(k, accepted, time.perf_counter() - t - self._checking)  # not the check
             kept = new
             for i, tok in enumerate(new):  # stop at the first EOS or the token budget
                 generated += 1
