@@ -9,6 +9,7 @@ recomputes) runs at the calibrated decode width w0, so that plain decoding and t
 verify take the same kernels wherever the backend allows (calibration.py). Where
 they may still round differently, greedy redoes a row whose top-2 margin is below
 the calibrated margin on the single-token path, which is plain decoding itself.
+(A prompt's prefill is one and the same pass with or without the drafter.)
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Decoder:
         self.forced_decode_width = decode_width
         self._ahead = None  # a queued plain step: (token, hidden)
         self._checking = 0.0  # seconds of this round spent re-checking the calibration
+        self._plain_run = False  # the last round was a plain step
         if verify_width != "auto" and not 0 <= int(verify_width) <= MAX_DRAFT + 1:
             raise ValueError(f"verify width must be 'auto' or in 0..{MAX_DRAFT + 1}")
         self.verify_width = verify_width
@@ -271,7 +273,7 @@ class Decoder:
         if not tokens:
             raise ValueError("empty prompt")
         self.prepare(tokens)
-        self._ahead = None
+        self._ahead, self._plain_run = None, False
         try:
             yield from self._generate(session, tokens, max_tokens, schedule, eos)
         finally:  # also when the consumer stops early (Ctrl-C, a closed pipe)
@@ -307,14 +309,20 @@ class Decoder:
 
     def _round(self, session, schedule, budget: int) -> tuple[list[int], int, int, bool]:
         """One round: speculative when the schedule drafts and the round may run here, else a
-        plain step (queued one ahead). Returns (new tokens, k drafted, accepted, redone)."""
+        plain step. Returns (new tokens, k drafted, accepted, redone)."""
         k = min(schedule.next() if self.drafter is not None else 0, budget - 1)
         plan = None
         if k > 0:
             rollback(session.cache, self._drop_ahead())  # a queued plain step is not wanted
             plan = self.plan_round(session, k)
         if plan is None:
-            return [self.plain_step(session, run_ahead=budget > 1)], 0, 0, False
+            # Queue the next step ahead only within a run of plain steps: queued by the first
+            # after a drafting round, it would cost that round two passes, and a lone K = 0
+            # probe (which auto learns from) must cost what a plain step costs.
+            ahead = budget > 1 and (self.drafter is None or self._plain_run)
+            self._plain_run = True
+            return [self.plain_step(session, run_ahead=ahead)], 0, 0, False
+        self._plain_run = False
         new, accepted, redone = self.speculative_round(session, k, *plan)
         return new, k, accepted, redone
 

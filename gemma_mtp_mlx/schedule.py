@@ -24,6 +24,12 @@ PRIOR = (3.0, 2.0)  # pseudo-counts (survived, failed) per position: 0.6 accepta
 # 128 a drafter that never pays costs ~1-1.5 % once the gaps have grown; a probe that
 # wins (all its drafts kept) resets the gap, so changed text is noticed within ~128 rounds.
 MAX_PROBE_GAP = 128
+OUTLIER = 2.0
+# Drafting must promise this much over plain decoding. Below it the choice would follow
+# noise: with acceptance near 0, K = 1 and K = 0 both give ~1 token a round, and where round
+# times are overhead-bound (tiny fixture pair, 2 shared cores) a 2-row verify measures like
+# a 1-row step, though drafting always does more work.
+DRAFT_GAIN = 1.03
 
 
 class DraftSchedule:
@@ -81,10 +87,13 @@ class AutoSchedule:
     decayed counts with a mild prior, so E[tokens | K] = 1 + sum_{i<=K} prod_{j<=i} a_j.
     Cost: a decayed mean of the measured wall time of rounds of each K; lengths
     not yet measured are extrapolated linearly from those that were.
-    Probing: every `probe_every` rounds a neighbour of the best K is tried, unless its
-    back-off forbids: each probe after which it is still not the best doubles the
-    rounds until it is probed again (up to MAX_PROBE_GAP); a probe that keeps all its
-    drafts, or after which it is the best, resets that to `probe_every`.
+    A round's time counts at most OUTLIER x the estimate so far (a one-off stall must not
+    hide a length for long).
+    Probing: every `probe_every` rounds a neighbour of the best K is tried. A longer one
+    backs off: each probe after which it is still not the best doubles the rounds until
+    it is probed again (up to MAX_PROBE_GAP); a probe that keeps all its drafts, or after
+    which it is the best, resets that to `probe_every`. A shorter one (cheaper, and how
+    auto learns that drafting does not pay) is always probed.
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class AutoSchedule:
         self.current = 4
         self.choices: list[int] = []
         self.probing: int | None = None
+        self.current_best = 0
 
     def acceptance(self) -> list[float]:
         return [self.survived[i] / self.tried[i] for i in range(1, self.max_len + 1)]
@@ -121,6 +131,11 @@ class AutoSchedule:
         return total
 
     def expected_cost(self, k: int) -> float:
+        """Seconds of a round drafting k; never below a plain step's (drafting adds work)."""
+        raw = self._raw_cost(k)
+        return max(raw, self._raw_cost(0)) if k else raw
+
+    def _raw_cost(self, k: int) -> float:
         if k in self.cost:
             return self.cost[k]
         known = sorted(self.cost.items())
@@ -137,16 +152,18 @@ class AutoSchedule:
     def best(self) -> int:
         lengths = range(self.max_len + 1)
         rates = {k: self.expected_tokens(k) / self.expected_cost(k) for k in lengths}
-        return max(rates, key=rates.get)
+        best = max(rates, key=rates.get)
+        return best if rates[best] >= DRAFT_GAIN * rates[0] else 0
 
     def next(self) -> int:
         m = self.memory
         m.rounds += 1
         choice, self.probing = self.best(), None
+        self.current_best = choice
         if m.rounds % self.probe_every == 0:  # re-probe a neighbour, unless it backs off
             step = {0: 1, self.max_len: -1}.get(choice) or self.rng.choice((-1, 1))
             probe = choice + step
-            if m.rounds >= m.next_probe.get(probe, 0):
+            if probe < choice or m.rounds >= m.next_probe.get(probe, 0):
                 choice = self.probing = probe
         self.current = choice
         self.choices.append(choice)
@@ -154,7 +171,7 @@ class AutoSchedule:
 
     def update(self, drafted: int, accepted: int, seconds: float | None = None) -> None:
         self._learn(drafted, accepted, seconds)
-        if self.probing is not None and drafted == self.probing:
+        if self.probing is not None and drafted == self.probing > self.current_best:
             m, k = self.memory, self.probing
             gap = m.probe_gap.get(k, self.probe_every)
             won = self.best() == k or 0 < drafted == accepted
@@ -165,6 +182,7 @@ class AutoSchedule:
     def _learn(self, drafted: int, accepted: int, seconds: float | None) -> None:
         if seconds is not None:
             old = self.cost.get(drafted)
+            seconds = seconds if old is None else min(seconds, OUTLIER * old)
             self.cost[drafted] = seconds if old is None else 0.8 * old + 0.2 * seconds
         for i in range(1, self.max_len + 1):
             self.survived[i] *= self.decay if i <= drafted else 1.0

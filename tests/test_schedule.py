@@ -116,3 +116,11 @@ def test_auto_remembers_across_schedules_and_serialisation():
     assert [s.next() for _ in range(10)] == [0] * 10
     assert AutoSchedule().next() > 0
     assert make_schedule("auto", memory=again).memory is again
+
+
+def test_auto_does_not_draft_for_noise_when_rounds_cost_the_same():
+    """Overhead-bound (the tiny fixtures): a 2-row verify measures like a 1-row step. With a
+    drafter that never agrees, K = 1 then promises 1 + a_1 tokens for the same time, a_1
+    never exactly 0: drafting must promise DRAFT_GAIN more than plain, or noise decides."""
+    s = simulate(0.0, lambda k: 1.0, rounds=600)
+    assert s.choices[-300:].count(0) > 280
