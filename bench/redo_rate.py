@@ -11,7 +11,8 @@ For each prompt: plain decoding (no drafter), then each (alpha, K) with
 ScriptedDrafter(drafter, plain continuation, alpha) (the drafter runs every step, so its cost
 is paid), greedy, with the product's default exactness guard. One decoder per configuration
 for all prompts (as `gemma-mtp bench` keeps one per mode). Reports decode tokens/s (medians),
-speedup over plain, the share of draft rounds redone, and whether every output equals plain.
+speedup over plain (median of per-prompt ratios; also for each process's first request and
+for the later ones), the share of draft rounds redone, and whether every output equals plain.
 It uses only the API the loop had before the calibration module (Decoder(target, drafter),
 Session, make_schedule, ScriptedDrafter), so an export of an older commit runs it too: with
 --compare DIR, each round runs this tree's and DIR's copy of this script in their own
@@ -92,23 +93,28 @@ def child(args) -> dict:
     return out
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], prompts: int) -> str:
+    """Medians; `first`/`later`: the speedup over plain of each process's first request
+    (a decoder's first, while auto learns) and of the later ones, paired by prompt."""
     rows = []
     for version, res in results.items():
-        plain = {k.split("|")[0]: statistics.median(r[0] for r in v)
-                 for k, v in res.items() if k.endswith("|plain")}
         for key, runs in res.items():
             name, *rest = key.split("|")
-            speed = statistics.median(r[0] for r in runs)
+            plain = res[f"{name}|plain"]
+            ratios = [r[0] / p[0] for r, p in zip(runs, plain, strict=True)]
+            first = statistics.median(x for i, x in enumerate(ratios) if i % prompts == 0)
+            later = [x for i, x in enumerate(ratios) if i % prompts]
             redone, drafted = sum(r[1] for r in runs), sum(r[2] for r in runs)
             mode = "plain" if rest == ["plain"] else f"α {rest[0]}, K {rest[1]}"
-            rows.append([name, mode, version, f"{speed:.2f}", f"{speed / plain[name]:.2f}",
+            rows.append([name, mode, version, f"{statistics.median(r[0] for r in runs):.2f}",
+                         f"{statistics.median(ratios):.2f}", f"{first:.2f}",
+                         f"{statistics.median(later):.2f}" if later else "—",
                          f"{redone}/{drafted}" + (f" ({100 * redone / drafted:.1f} %)"
                                                   if drafted else ""),
                          "yes" if all(r[3] for r in runs) else "NO"])
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    return C.table(["model", "mode", "code", "tok/s", "speedup", "redone / draft rounds",
-                    "= plain"], rows)
+    return C.table(["model", "mode", "code", "tok/s", "speedup", "first", "later",
+                    "redone / draft rounds", "= plain"], rows)
 
 
 def main(argv=None):
@@ -145,7 +151,8 @@ def main(argv=None):
             line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
             for key, runs in json.loads(line[len("RESULT "):]).items():
                 results[version].setdefault(key, []).extend(runs)
-    C.report("Redo rate and speed with the exactness guard", table(results), args.append,
+    C.report("Redo rate and speed with the exactness guard", table(results, args.prompts),
+             args.append,
              f"{args.prompts} prompts x {args.tokens} tokens, {args.rounds} round(s) of "
              "alternated processes; tok/s: medians over prompts and rounds; greedy.")
 

@@ -351,7 +351,7 @@ def describe(calibration: Calibration) -> dict:
     """The figures a front end shows (`--json`, /stats): w0, the margins by range, redo rates."""
     return {
         "decode_width": calibration.decode_width,
-        "margins": {r: {w: MARGIN_SAFETY * 2 * d for w, d in m.items()}
+        "margins": {r: {w: calibration.margin(w, r) for w in sorted(m)}
                     for r, m in sorted(calibration.discrepancy.items())},
         "redo_rate": {w: round(r[0] / r[1], 4) for w, r in sorted(calibration.redo.items())
                       if r[1]},

@@ -50,6 +50,11 @@ def test_margin_is_the_sound_bound_times_the_safety_factor():
     assert cal.margin(8, 2000) is None  # not measured in that range: never borrowed
     assert cal.margin(5, 5000) is None
     assert cal.spans_boundary(1020, 1030) and not cal.spans_boundary(1024, 1030)
+    cal.record(5, True)
+    cal.record(5, False)
+    shown = calib.describe(cal)  # what --json and /stats show
+    assert shown["decode_width"] == 1 and shown["redo_rate"] == {5: 0.5}
+    assert shown["margins"][0] == {5: cal.margin(5, 0), 6: cal.margin(6, 0), 8: 0.0}
 
 
 def test_kernel_boundaries_add_the_sliding_window_beyond_the_first_measurement():
