@@ -23,7 +23,7 @@ test-all:
 	$(BIN)/python -m pytest tests
 
 lint:
-	$(BIN)/ruff check gemma_mtp_mlx convert tests bench
+	$(BIN)/ruff check gemma_mtp_mlx tests bench
 
 bench:
 	$(BIN)/python bench/run_all.py

@@ -14,9 +14,6 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/stage
-# `convert/` ships as gemma_mtp_mlx.convert (pyproject's package-dir); from a bare checkout
-# the same import needs a link.
-[ "${1:-}" = split-gguf ] || [ -e gemma_mtp_mlx/convert ] || ln -s ../convert gemma_mtp_mlx/convert
 GGUF=/tmp/stage/gemma-3-270m-q4_k_m.gguf
 
 step() {  # step LOG SECONDS python-args...

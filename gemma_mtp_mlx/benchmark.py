@@ -47,27 +47,23 @@ def first_difference(a: list[int], b: list[int]) -> int:
 
 
 
-def bench_table(rows: list[dict], texts: list[str], model: str, runs: int) -> None:
+COLUMNS = ("prompt", "mode", "tokens", "tok/s", "speedup", "acceptance", "acc/round", "redone",
+           "TTFT s", "peak GB", "same output")
+# nothing to compare without a drafter
+DRAFTER_COLUMNS = ("speedup", "acceptance", "acc/round", "redone", "same output")
+
+
+def bench_table(rows: list[dict], texts: list[str], model: str, runs: int,
+                drafting: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"gemma-mtp bench · {model} · greedy · medians of {runs} run(s)",
-        title_justify="left",
-    )
-    for col in (
-        "prompt",
-        "mode",
-        "tokens",
-        "tok/s",
-        "speedup",
-        "acceptance",
-        "acc/round",
-        "redone",
-        "TTFT s",
-        "peak GB",
-        "same output",
-    ):
+    title = f"gemma-mtp bench · {model} · greedy · medians of {runs} run(s)"
+    if not drafting:
+        title += " · no drafter: plain decoding only"
+    table = Table(title=title, title_justify="left")
+    columns = [c for c in COLUMNS if drafting or c not in DRAFTER_COLUMNS]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("prompt", "mode") else "right")
     last_prompt = None
     for r in rows:
@@ -78,67 +74,67 @@ def bench_table(rows: list[dict], texts: list[str], model: str, runs: int) -> No
             if last_prompt is not None:
                 table.add_section()
             last_prompt = r["prompt"]
-        plain = r["mode"] == "plain"
-        table.add_row(
-            label,
-            r["mode"],
-            str(r["tokens"]),
-            f"{r['tokens_per_s']:.1f}",
-            "1.00x" if plain else f"{r['speedup']:.2f}x",
-            "" if plain else f"{100 * r['acceptance_rate']:.0f}%",
-            "" if plain else f"{r['mean_accepted_per_round']:.2f}",
-            "" if plain else f"{100 * r.get('redo_rate', 0.0):.0f}%",
-            f"{r['ttft_s']:.3f}",
-            f"{r['peak_memory_gb']:.2f}",
-            "yes" if r["identical"] else "[bold red]NO[/]",
-        )
+        cells = dict(zip(COLUMNS, _cells(r, label), strict=True))
+        table.add_row(*(cells[c] for c in columns))
     console = Console(highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, 132)
     console.print(table)
 
 
-def run_bench(pair, texts, max_tokens, runs, num_draft, make_decoder):
+def _cells(r: dict, label: str) -> list[str]:
+    plain = r["mode"] == "plain"
+    measured = r["acceptance_rate"] is not None
+    return [
+        label,
+        r["mode"],
+        str(r["tokens"]),
+        f"{r['tokens_per_s']:.1f}",
+        "1.00x" if plain else f"{r['speedup']:.2f}x",
+        "" if plain else f"{100 * r['acceptance_rate']:.0f}%" if measured else "–",
+        "" if plain else f"{r['mean_accepted_per_round']:.2f}" if measured else "–",
+        "" if plain else f"{100 * r['redo_rate']:.0f}%" if measured else "–",
+        f"{r['ttft_s']:.3f}",
+        f"{r['peak_memory_gb']:.2f}",
+        "yes" if r["identical"] else "[bold red]NO[/]",
+    ]
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def bench_modes(drafting: bool, fixed: tuple[int, ...]) -> list[tuple[str, str | int]]:
+    """(row name, Request.draft) of each mode: plain first (the reference), then the drafter's."""
+    if not drafting:
+        return [("plain", "off")]
+    modes = [("plain", "off"), ("mtp auto", "auto"), ("mtp heuristic", "heuristic")]
+    return modes + [(f"mtp k={k}", k) for k in dict.fromkeys(fixed)]
+
+
+def run_bench(engine, texts, max_tokens, runs, num_draft):
     """Each prompt with and without the drafter (and each fixed K), greedy, `runs` times:
     one row of medians per prompt and mode, and every run that differs from plain decoding."""
     import mlx.core as mx
 
-    from .generate import encode_prompt, generate
-    from .sampling import SamplingParams
+    from .request import Request
 
-    greedy = SamplingParams()
-    modes = [("plain", False, None), ("mtp auto", True, "auto")]
-    modes += [("mtp heuristic", True, "heuristic")]
-    modes += [(f"mtp k={k}", True, k) for k in dict.fromkeys(num_draft)]
-    prompt_ids = [encode_prompt(pair.tokenizer, t) for t in texts]
-    decoders = {name: make_decoder(pair, greedy, use) for name, use, _ in modes}
-    for name, use, k in modes:  # warm up: compile kernels, allocate
-        generate(
-            pair,
-            prompt_ids[0],
-            max_tokens=min(8, max_tokens),
-            num_draft=k,
-            use_drafter=use,
-            decoder=decoders[name],
-        )
+    modes = bench_modes(engine.drafting, tuple(num_draft))
+    prompt_ids = [engine.encode(t) for t in texts]
+    for _, draft in modes:  # warm up: compile kernels, allocate
+        engine.run(prompt_ids[0], Request(max_tokens=min(8, max_tokens), draft=draft))
 
     rows, mismatches = [], []
     for p, ids in enumerate(prompt_ids, 1):
         reference = None
         base_speed = None
-        for name, use, k in modes:
+        for name, draft in modes:
+            request = Request(max_tokens=max_tokens, draft=draft)
             results = []
             for _ in range(runs):
                 if hasattr(mx, "reset_peak_memory"):
                     mx.reset_peak_memory()
-                res = generate(
-                    pair,
-                    ids,
-                    max_tokens=max_tokens,
-                    num_draft=k,
-                    use_drafter=use,
-                    decoder=decoders[name],
-                )
+                res = engine.run(ids, request)
                 results.append((res, res.stats.to_dict()))
                 if reference is None:
                     reference = res.token_ids
@@ -146,8 +142,9 @@ def run_bench(pair, texts, max_tokens, runs, num_draft, make_decoder):
                     at = first_difference(reference, res.token_ids)
                     mismatches.append({"prompt": p, "mode": name, "first_difference": at})
 
-            def med(key, results=results):
-                return statistics.median(d[key] for _, d in results)
+            def med(key, results=results):  # None when no run measured it (no drafts)
+                values = [d[key] for _, d in results if d[key] is not None]
+                return statistics.median(values) if values else None
 
             speed = med("tokens_per_s")
             if base_speed is None:
@@ -159,9 +156,9 @@ def run_bench(pair, texts, max_tokens, runs, num_draft, make_decoder):
                     "tokens": results[0][1]["generated_tokens"],
                     "tokens_per_s": round(speed, 2),
                     "speedup": round(speed / base_speed, 3) if base_speed else 0.0,
-                    "acceptance_rate": round(med("acceptance_rate"), 4),
-                    "mean_accepted_per_round": round(med("mean_accepted_per_round"), 3),
-                    "redo_rate": round(med("redo_rate"), 4),
+                    "acceptance_rate": _round(med("acceptance_rate"), 4),
+                    "mean_accepted_per_round": _round(med("mean_accepted_per_round"), 3),
+                    "redo_rate": _round(med("redo_rate"), 4),
                     "ttft_s": round(med("ttft_s"), 4),
                     "peak_memory_gb": round(max(d["peak_memory_gb"] for _, d in results), 3),
                     "identical": all(r.token_ids == reference for r, _ in results),

@@ -1,8 +1,12 @@
-"""The chat REPL's state: messages plus the target's cache for them."""
+"""`gemma-mtp chat`: the REPL's turn loop, and its state (messages plus the target's cache
+for them)."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+
+from .live import is_terminal, make_view, stats_line, status_panel
 
 CHAT_HELP_TEXT = (
     "commands: /reset (forget the conversation), /stats (last turn and session), "
@@ -21,25 +25,22 @@ class Conversation:
     When the history re-renders differently, the cache is rebuilt from scratch.
     """
 
-    def __init__(self, pair, system: str | None = None):
-        from .decoding import Session
-
-        self._session_cls = Session
-        self.pair = pair
-        self.tok = pair.tokenizer
+    def __init__(self, engine, system: str | None = None):
+        self.engine = engine
+        self.tok = engine.tokenizer
         self.system = system
         self.messages: list[dict] = []
         self.session = None
         self.ids: list[int] = []  # tokens in the session: the cache, then `pending`
         self.dirty = False  # the cache may not match `ids` (an interrupted answer)
         self.turns = 0
-        self.model_role = self._probe_model_role()
+        self.model_role = engine.model_role
         try:
             added = self.tok.get_added_vocab()
         except AttributeError:
             added = {}
         self.special_text = [t for t in added if t]
-        self.special_ids = set(added.values()) | set(pair.eos_ids)
+        self.special_ids = set(added.values()) | set(engine.eos_ids)
 
     # template helpers
     def _render(self, messages: list[dict], generation_prompt: bool = True) -> str:
@@ -52,22 +53,6 @@ class Conversation:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def _probe_model_role(self) -> str:
-        """'assistant' or 'model': whichever re-renders an answer after the generation prompt."""
-        user = [{"role": "user", "content": "x"}]
-        try:
-            prompt = self._render(user)
-        except Exception:
-            return "assistant"
-        for role in ("assistant", "model"):
-            try:
-                text = self._render(user + [{"role": role, "content": "y"}], False)
-            except Exception:
-                continue
-            if text.startswith(prompt + "y"):
-                return role
-        return "assistant"
 
     def _all_messages(self, user_text: str | None = None) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -84,7 +69,7 @@ class Conversation:
         return len(self.ids) - (self.session.pending is not None)
 
     def reset(self) -> None:
-        self.session = self._session_cls(self.pair.target)
+        self.session = self.engine.new_session()
         self.ids = []
         self.dirty = False
 
@@ -130,7 +115,7 @@ class Conversation:
     def record(self, user_text: str, fed: list[int], answer: list[int], interrupted: bool):
         self.ids = self.ids + fed + answer
         body = [t for t in answer]
-        while body and body[-1] in self.pair.eos_ids:
+        while body and body[-1] in self.engine.eos_ids:
             body.pop()
         self.messages.append({"role": "user", "content": user_text})
         self.messages.append({"role": self.model_role, "content": self._decode(body)})
@@ -167,3 +152,131 @@ def read_message(interactive: bool, console) -> str | None:
             break
         lines.append(nxt)
     return "\n".join(lines)
+
+
+@dataclass
+class ChatScreen:
+    """Where the REPL writes: answers to `console`; replies to commands beside the answers on
+    a terminal, else on stderr (so stdout holds only answers)."""
+
+    console: object
+    note: object
+    interactive: bool
+    tty_out: bool
+    last: tuple | None = field(default=None)  # (stats, cached) of the last turn
+    answered: bool = False  # an answer was shown (the first one's stats add the load time)
+
+    @classmethod
+    def open(cls) -> ChatScreen:
+        from rich.console import Console
+
+        interactive, tty_out = is_terminal(sys.stdin), is_terminal(sys.stdout)
+        console = Console(highlight=False)
+        note = console if tty_out else Console(stderr=True, highlight=False, soft_wrap=True)
+        if interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+        return cls(console, note, interactive, tty_out)
+
+
+def run_chat(engine, request, system: str | None = None, on_first_turn=None) -> None:
+    """Read messages until /quit or end of input; answer each with the conversation's cache.
+    `on_first_turn`: called after the first answer (--verbose's load phases)."""
+    screen = ChatScreen.open()
+    convo = Conversation(engine, system)
+    drafting = engine.drafting and request.drafts
+    if screen.tty_out:
+        screen.console.print(
+            f"[bold]gemma-mtp chat[/] · {engine.path} · drafter "
+            f"{request.draft_label(engine.drafting)} · /help for commands, Ctrl-D to exit",
+            style="dim",
+        )
+    while True:
+        try:
+            message = read_message(screen.interactive, screen.console)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line
+            screen.console.print()
+            continue
+        if message is None:
+            if screen.interactive:
+                screen.console.print()
+            return
+        if not message.strip():
+            continue
+        text = message.strip()
+        if text.startswith("/") and "\n" not in text:
+            if not chat_command(text, convo, screen, drafting):
+                return
+            continue
+        first = not screen.answered
+        answer_turn(engine, request, convo, message, screen, drafting)
+        if first and screen.answered and on_first_turn is not None:
+            on_first_turn()
+
+
+def chat_command(text: str, convo: Conversation, screen: ChatScreen, drafting: bool) -> bool:
+    """Run one /command; False to end the chat."""
+    command, _, arg = text.partition(" ")
+    note = screen.note
+    if command in ("/quit", "/exit", "/q"):
+        return False
+    if command == "/reset":
+        convo.clear()
+        screen.last = None
+        note.print("[dim]conversation reset[/]")
+    elif command == "/system":
+        convo.system = arg.strip() or None
+        state = "set" if convo.system else "cleared"
+        note.print(f"[dim]system prompt {state} (applies from the next turn)[/]")
+    elif command == "/stats":
+        if screen.last is None:
+            note.print("[dim]no turn yet[/]")
+        else:
+            stats, cached = screen.last
+            if screen.tty_out:
+                note.print(status_panel(stats, drafting, title="last turn"))
+            else:
+                note.print(stats_line(stats, drafting, cached=cached), markup=False)
+        note.print(f"[dim]session: {convo.turns} turns, {len(convo.ids)} tokens in context[/]")
+    elif command in ("/help", "/?"):
+        note.print(CHAT_HELP_TEXT, markup=False)
+    else:
+        note.print(f"unknown command {command} (try /help)", markup=False)
+    return True
+
+
+def answer_turn(engine, request, convo, message: str, screen: ChatScreen, drafting: bool):
+    """One turn: feed what the cache lacks, stream the answer, record it (also when Ctrl-C
+    stops it)."""
+    from .request import RequestError
+
+    fed = convo.plan(message)
+    cached = convo.cached
+    turn = convo.turns + 1
+    view = make_view(drafting, title=f"turn {turn}")
+    answer: list[int] = []
+    stats = None
+    interrupted = False
+    with view:
+        try:
+            for chunk in engine.stream(fed, request, convo.session):
+                answer += chunk.tokens
+                stats = chunk.stats
+                view.add(chunk)
+        except KeyboardInterrupt:
+            interrupted = True
+        except RequestError as e:  # e.g. the conversation outgrew the context
+            screen.note.print(f"error: {e} (/reset starts over)", markup=False)
+            convo.dirty = True
+            return
+        load_s = None if screen.answered else engine.load_seconds  # it waited for the loading
+        view.finish(stats, drafting, interrupted=interrupted, turn=turn, cached=cached,
+                    load_s=load_s)
+        screen.answered = True
+    if interrupted and stats is None:
+        screen.note.print("[dim](stopped before the first token)[/]")
+    convo.record(message, fed, answer, interrupted)
+    if stats is not None:
+        screen.last = (stats, cached)

@@ -9,17 +9,15 @@ so `gemma-mtp --help` is instant.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from .benchmark import bench_table, load_prompts, run_bench
-from .chat import CHAT_HELP_TEXT, Conversation, read_message
+from .cli_group import Command, CommandGroup
 from .cli_options import (
     DEFAULT_MODEL,
     MAX_DRAFT,
@@ -30,6 +28,7 @@ from .cli_options import (
     DTypeOpt,
     GroupSize,
     IgnoreEosOpt,
+    MaxContextOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelOpt,
@@ -42,63 +41,14 @@ from .cli_options import (
     TempOpt,
     TopKOpt,
     TopPOpt,
+    VerboseOpt,
 )
-from .errors import CliError, fail, first_line, say
-from .live import PlainView, is_terminal, make_view, stats_line, status_panel
-from .resolve import load_model, make_decoder
-
-
-class _Group(TyperGroup):
-    """Every failure as one line on stderr, whatever raised it (click, typer or us)."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        if hasattr(signal, "SIGPIPE") and sys.stdout is sys.__stdout__:
-            # Like `cat`: a closed pipe (`| head`) ends us quietly, with no traceback.
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-            if code == 130:  # typer turns KeyboardInterrupt into Exit(130)
-                say("interrupted")
-        except CliError as e:
-            say(f"error: {e}")
-            code = e.code
-        except KeyboardInterrupt:
-            say("interrupted")
-            code = 130
-        except Exception as e:
-            code = _click_failure(e)
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _click_failure(e: Exception) -> int:
-    """click's (or typer's vendored click's) exceptions as one line; anything else is a bug."""
-    kinds = {c.__name__ for c in type(e).__mro__}
-    ctx = getattr(e, "ctx", None)
-    if "NoArgsIsHelpError" in kinds and ctx is not None:
-        sys.stdout.write(ctx.get_help() + "\n")
-        return 0
-    if "UsageError" in kinds:
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        say(f"error: {e.format_message()}{hint}")
-        return getattr(e, "exit_code", 2)
-    if "ClickException" in kinds:
-        say(f"error: {e.format_message()}")
-        return getattr(e, "exit_code", 1)
-    if "Abort" in kinds:
-        say("interrupted")
-        return 130
-    if os.environ.get("GEMMA_MTP_DEBUG"):
-        raise e
-    name, line = type(e).__name__, first_line(e)
-    say(f"error: {name}: {line} (GEMMA_MTP_DEBUG=1 shows the traceback)")
-    return 1
-
+from .errors import fail, first_line, say
+from .live import PlainView, is_terminal
+from .request import ModelSpec, Request, SamplingParams
 
 app = typer.Typer(
-    cls=_Group,
+    cls=CommandGroup,
     name="gemma-mtp",
     help="Gemma 4 on MLX, faster with its multi-token-prediction drafter, "
     "with output identical to plain decoding.",
@@ -121,32 +71,69 @@ def _main() -> None:
     """Gemma 4 on MLX, faster with its multi-token-prediction drafter, output unchanged."""
 
 
-# -- options shared by the commands ------------------------------------------------------------
-def _sampling(temp: float, top_p: float, top_k: int, min_p: float, seed: int | None):
-    from .sampling import SamplingParams
-
-    params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-    try:
-        params.validate()
-    except ValueError as e:
-        fail(f"bad sampling option: {e}", 2)
-    return params
+# -- options shared by the commands: straight into one ModelSpec and one Request ----------------
+def model_spec(model: str, drafter: Path | None, no_draft: bool, dtype: DType | None,
+               max_context: int | None = None) -> ModelSpec:
+    if no_draft and drafter is not None:
+        fail("--drafter and --no-draft exclude each other", 2)
+    return ModelSpec(model, drafter, no_draft, dtype.value if dtype else None, max_context)
 
 
-def _draft_spec(num_draft: int | None, schedule: Schedule | None):
-    """What stream_generate takes as num_draft: a fixed K, a schedule name or None (auto)."""
+def draft_policy(no_draft: bool, num_draft: int | None, schedule: Schedule | None):
+    """Request.draft from the three flags that say it, or a one-line error (exit 2)."""
     if num_draft is not None and schedule is not None:
         fail("--num-draft and --draft-schedule exclude each other", 2)
+    if no_draft and (num_draft is not None or schedule is not None):
+        fail("--num-draft/--draft-schedule and --no-draft exclude each other", 2)
+    if num_draft is not None and not 1 <= num_draft <= MAX_DRAFT:
+        fail(f"--num-draft must be in 1..{MAX_DRAFT} (use --no-draft for none)", 2)
+    if no_draft:
+        return "off"
     return num_draft if num_draft is not None else (schedule.value if schedule else None)
 
 
-def _check_draft_options(no_draft: bool, num_draft: int | None, drafter: Path | None) -> None:
-    if no_draft and num_draft is not None:
-        fail("--num-draft and --no-draft exclude each other", 2)
-    if no_draft and drafter is not None:
-        fail("--drafter and --no-draft exclude each other", 2)
-    if num_draft is not None and not 1 <= num_draft <= MAX_DRAFT:
-        fail(f"--num-draft must be in 1..{MAX_DRAFT} (use --no-draft for none)", 2)
+def make_request(max_tokens: int, *, sampling: SamplingParams | None = None, draft=None,
+                 stop: list[str] | None = None, ignore_eos: bool = False) -> Request:
+    """The one Request the command runs with, or a one-line error (exit 2)."""
+    request = Request(max_tokens, sampling or SamplingParams(), draft, tuple(stop or ()),
+                      ignore_eos)
+    try:
+        request.validate()
+    except ValueError as e:
+        fail(str(e), 2)
+    return request
+
+
+def load_engine(spec: ModelSpec):
+    """The engine, its load phases starting with this process's own start-up."""
+    from .engine import Engine
+    from .timing import process_age
+
+    startup = process_age()
+    engine = Engine.load(spec)
+    engine.load_times = {"startup": startup, **engine.load_times}
+    return engine
+
+
+def check_drafting(engine, request: Request) -> None:
+    """A draft length or schedule asked of a model without a drafter: one line, exit 2."""
+    if request.draft not in (None, "off") and not engine.drafting:
+        option = "--num-draft" if isinstance(request.draft, int) else "--draft-schedule"
+        fail(f"{option} needs a drafter, and none is loaded (drop it, or pass --drafter DIR)", 2)
+
+
+def load_phases(engine) -> str:
+    """--verbose: where the time before the first token went."""
+    phases = " · ".join(f"{k} {v:.2f}" for k, v in engine.load_times.items())
+    return f"load {engine.load_seconds:.2f} s: {phases} (then TTFT: the prefill)"
+
+
+def base_model_note(engine) -> None:
+    """Said once, where the bundled base model answers through the chat template."""
+    from .fallback import BASE_MODEL_NOTE, is_bundled
+
+    if is_bundled(engine.path):
+        say(BASE_MODEL_NOTE)
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -173,7 +160,7 @@ GENERATE_EXAMPLES = (
 )
 
 
-@app.command(epilog=GENERATE_EXAMPLES)
+@app.command(cls=Command, epilog=GENERATE_EXAMPLES)
 def generate(
     model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[
@@ -196,47 +183,50 @@ def generate(
     ] = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
+    max_context: MaxContextOpt = None,
     stop: Annotated[
-        list[str] | None, typer.Option("--stop", help="Stop at this string (repeatable).")
+        list[str] | None,
+        typer.Option("--stop", metavar="<str>", help="Stop at this string (repeatable)."),
     ] = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
-    sampling = _sampling(temp, top_p, top_k, min_p, seed)
-    _check_draft_options(no_draft, num_draft, drafter)
-    draft = _draft_spec(num_draft, draft_schedule)
+    sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    request = make_request(max_tokens, sampling=sampling, stop=stop, ignore_eos=ignore_eos,
+                           draft=draft_policy(no_draft, num_draft, draft_schedule))
+    spec = model_spec(model, drafter, no_draft, dtype, max_context)
     if raw and system:
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
-    pair = load_model(model, drafter, no_draft, dtype)
-
-    from .generate import encode_prompt, stream_generate
-
-    ids = encode_prompt(pair.tokenizer, text, system=system, raw=raw)
+    engine = load_engine(spec)
+    check_drafting(engine, request)
+    if system and not engine.has_chat_template:
+        fail("--system needs a chat template, and this model has none", 2)
+    if not raw:
+        base_model_note(engine)
+    ids = engine.encode(text, system=system, raw=raw)
     if not ids:
         fail("empty prompt: it encodes to no tokens", 2)
-    use_drafter = not no_draft
-    decoder = make_decoder(pair, sampling, use_drafter)
-    stream = stream_generate(
-        pair,
-        ids,
-        max_tokens=max_tokens,
-        sampling=sampling,
-        num_draft=draft,
-        use_drafter=use_drafter,
-        stop_strings=tuple(stop or ()),
-        decoder=decoder,
-        ignore_eos=ignore_eos,
-    )
-    if json_out:
-        answer, token_ids, stats = "", [], None
-        for chunk in stream:
-            answer += chunk.text
-            token_ids += chunk.tokens
-            stats = chunk.stats
-        out = {"text": answer, "token_ids": token_ids, **stats.to_dict()}
-        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        return
+    from .request import RequestError
+
+    try:
+        if json_out:
+            result = engine.run(ids, request)
+            out = {"text": result.text, "token_ids": result.token_ids, **result.stats.to_dict(),
+                   "load_s": round(engine.load_seconds, 3),
+                   "load_phases": {k: round(v, 3) for k, v in engine.load_times.items()}}
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            print_answer(engine, engine.stream(ids, request), engine.drafting and request.drafts)
+    except RequestError as e:
+        fail(str(e), 2)
+    if verbose:
+        say(load_phases(engine))
+
+
+def print_answer(engine, stream, drafting: bool) -> None:
+    """The answer to stdout as it comes, the stats line to stderr."""
     view = PlainView()
     stats = None
     try:
@@ -248,7 +238,7 @@ def generate(
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
-    view.finish(stats, use_drafter)
+    view.finish(stats, drafting, load_s=engine.load_seconds)
 
 
 # -- chat --------------------------------------------------------------------------------------
@@ -262,7 +252,7 @@ CHAT_EXAMPLES = (
 )
 
 
-@app.command(epilog=CHAT_EXAMPLES)
+@app.command(cls=Command, epilog=CHAT_EXAMPLES)
 def chat(
     model: ModelOpt = DEFAULT_MODEL,
     system: SystemOpt = None,
@@ -278,119 +268,22 @@ def chat(
     ignore_eos: IgnoreEosOpt = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
+    max_context: MaxContextOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Talk with the model; its cache is kept, so a turn prefills only the new message."""
-    from rich.console import Console
+    from .chat import run_chat
 
-    sampling = _sampling(temp, top_p, top_k, min_p, seed)
-    _check_draft_options(no_draft, num_draft, drafter)
-    draft = _draft_spec(num_draft, draft_schedule)
-    pair = load_model(model, drafter, no_draft, dtype)
-    if getattr(pair.tokenizer, "chat_template", None) is None:
+    sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    request = make_request(max_tokens, sampling=sampling, ignore_eos=ignore_eos,
+                           draft=draft_policy(no_draft, num_draft, draft_schedule))
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
+    check_drafting(engine, request)
+    if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
-
-    from .generate import stream_generate
-
-    use_drafter = not no_draft
-    interactive = is_terminal(sys.stdin)
-    tty_out = is_terminal(sys.stdout)
-    console = Console(highlight=False)
-    # Replies to commands: with the answers on a terminal, else on stderr (stdout = answers).
-    note = console if tty_out else Console(stderr=True, highlight=False, soft_wrap=True)
-    if interactive:
-        try:
-            import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
-    convo = Conversation(pair, system)
-    decoder = None
-    last = None  # (stats, cached) of the last turn
-    mode = "off" if not use_drafter else f"K={draft}" if isinstance(draft, int) else draft
-    mode = mode or "auto"
-    if tty_out:
-        console.print(
-            f"[bold]gemma-mtp chat[/] · {pair.path} · drafter {mode} · "
-            "/help for commands, Ctrl-D to exit",
-            style="dim",
-        )
-
-    while True:
-        try:
-            message = read_message(interactive, console)
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: drop the line
-            console.print()
-            continue
-        if message is None:
-            if interactive:
-                console.print()
-            return
-        if not message.strip():
-            continue
-        command, _, arg = message.strip().partition(" ")
-        if command.startswith("/") and "\n" not in message.strip():
-            if command in ("/quit", "/exit", "/q"):
-                return
-            if command == "/reset":
-                convo.clear()
-                last = None
-                note.print("[dim]conversation reset[/]")
-            elif command == "/system":
-                convo.system = arg.strip() or None
-                note.print(
-                    f"[dim]system prompt {'set' if convo.system else 'cleared'} "
-                    "(applies from the next turn)[/]"
-                )
-            elif command == "/stats":
-                if last is None:
-                    note.print("[dim]no turn yet[/]")
-                else:
-                    stats, cached = last
-                    if tty_out:
-                        note.print(status_panel(stats, use_drafter, title="last turn"))
-                    else:
-                        note.print(stats_line(stats, use_drafter, cached=cached), markup=False)
-                note.print(
-                    f"[dim]session: {convo.turns} turns, {len(convo.ids)} tokens in context[/]"
-                )
-            elif command in ("/help", "/?"):
-                note.print(CHAT_HELP_TEXT, markup=False)
-            else:
-                note.print(f"unknown command {command} (try /help)", markup=False)
-            continue
-
-        fed = convo.plan(message)
-        cached = convo.cached
-        if decoder is None:
-            decoder = make_decoder(pair, sampling, use_drafter)
-        view = make_view(use_drafter, title=f"turn {convo.turns + 1}")
-        answer: list[int] = []
-        stats = None
-        interrupted = False
-        with view:
-            try:
-                for chunk in stream_generate(
-                    pair,
-                    fed,
-                    max_tokens=max_tokens,
-                    num_draft=draft,
-                    use_drafter=use_drafter,
-                    session=convo.session,
-                    decoder=decoder,
-                    ignore_eos=ignore_eos,
-                ):
-                    answer += chunk.tokens
-                    stats = chunk.stats
-                    view.add(chunk)
-            except KeyboardInterrupt:
-                interrupted = True
-            view.finish(
-                stats, use_drafter, interrupted=interrupted, turn=convo.turns + 1, cached=cached
-            )
-        if interrupted and stats is None:
-            note.print("[dim](stopped before the first token)[/]")
-        convo.record(message, fed, answer, interrupted)
-        if stats is not None:
-            last = (stats, cached)
+    base_model_note(engine)
+    run_chat(engine, request, system, on_first_turn=(lambda: say(load_phases(engine))) if verbose
+             else None)
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -402,7 +295,7 @@ BENCH_EXAMPLES = (
 )
 
 
-@app.command(epilog=BENCH_EXAMPLES)
+@app.command(cls=Command, epilog=BENCH_EXAMPLES)
 def bench(
     model: ModelOpt = DEFAULT_MODEL,
     prompts: Annotated[
@@ -418,24 +311,26 @@ def bench(
         typer.Option(
             "--num-draft",
             "-k",
+            metavar="<int>",
             help="Also a row with this fixed draft length (repeatable).",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
     drafter: DrafterOpt = None,
+    no_draft: NoDraftOpt = False,
     dtype: DTypeOpt = None,
 ) -> None:
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
-        _check_draft_options(False, k, None)
+        draft_policy(False, k, None)
     texts = load_prompts(prompts)
-    pair = load_model(model, drafter, False, dtype)
-
-    rows, mismatches = run_bench(pair, texts, max_tokens, runs, num_draft or (), make_decoder)
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype))
+    rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
 
     if json_out:
         out = {
-            "model": str(pair.path),
+            "model": str(engine.path),
+            "drafter": engine.drafter_name,
             "max_tokens": max_tokens,
             "runs": runs,
             "prompts": texts,
@@ -445,7 +340,7 @@ def bench(
         }
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        bench_table(rows, texts, str(pair.path), runs)
+        bench_table(rows, texts, str(engine.path), runs, engine.drafting)
     if mismatches:
         for m in mismatches:
             say(
@@ -453,6 +348,69 @@ def bench(
                 f"decoding at token {m['first_difference']}"
             )
         fail(f"{len(mismatches)} run(s) did not reproduce plain greedy decoding")
+
+
+# -- serve -------------------------------------------------------------------------------------
+SERVE_EXAMPLES = (
+    "Examples:\n\n"
+    "  gemma-mtp serve                                   [dim]# http://127.0.0.1:8080/v1[/]\n\n"
+    "  gemma-mtp serve -m out/e4b-4bit --port 9000 --api-key s3cret\n\n"
+    "  curl -N localhost:8080/v1/chat/completions -H 'Content-Type: application/json' "
+    "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"stream\": true}'"
+)
+
+
+@app.command(cls=Command, epilog=SERVE_EXAMPLES)
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port.")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="GEMMA_MTP_API_KEY",
+                     help="Require `Authorization: Bearer KEY` on /v1 requests."),
+    ] = None,
+    drafter: DrafterOpt = None,
+    no_draft: NoDraftOpt = False,
+    num_draft: NumDraftOpt = None,
+    draft_schedule: ScheduleOpt = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", "-n", min=1,
+                          help="A request's token budget when it names none.")
+    ] = 2048,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=0,
+                          help="Requests waiting beyond the one being answered (then 429).")
+    ] = 16,
+    cache_gb: Annotated[
+        float, typer.Option("--cache-gb", min=0.0,
+                            help="Memory for recent conversations' caches (prefix reuse).")
+    ] = 2.0,
+    dtype: DTypeOpt = None,
+    max_context: MaxContextOpt = None,
+) -> None:
+    """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
+    from .fallback import BUNDLED_NAME, is_bundled
+
+    default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule))
+    cache_bytes = int(cache_gb * 1e9)  # counted in the memory check
+    spec = replace(model_spec(model, drafter, no_draft, dtype, max_context),
+                   reserved_bytes=cache_bytes)
+    from .server import ServerConfig, listen
+    from .server import serve as run_server
+
+    try:
+        sock = listen(host, port)
+    except OSError as e:
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    engine = load_engine(spec)
+    check_drafting(engine, default)
+    base_model_note(engine)
+    config = ServerConfig(
+        model_id=BUNDLED_NAME if is_bundled(engine.path) else model, api_key=api_key,
+        max_queue=max_queue, cache_bytes=cache_bytes, default=default,
+    )
+    run_server(engine, config, sock)
 
 
 # -- convert -----------------------------------------------------------------------------------
@@ -465,7 +423,7 @@ CONVERT_EXAMPLES = (
 )
 
 
-@app.command(epilog=CONVERT_EXAMPLES)
+@app.command(cls=Command, epilog=CONVERT_EXAMPLES)
 def convert(
     target: Annotated[
         str, typer.Option("--target", help="Target: a hub repo id or a local folder.")
@@ -530,7 +488,7 @@ DISTILL_EXAMPLES = (
 )
 
 
-@app.command(epilog=DISTILL_EXAMPLES)
+@app.command(cls=Command, epilog=DISTILL_EXAMPLES)
 def distill(
     model: Annotated[str, typer.Option("--model", "-m", help="Target model folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Drafter folder to write.")],

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
+from .request import MAX_DRAFT
+
 DEFAULT_MODEL = "google/gemma-4-E4B-it"
-MAX_DRAFT = 16  # decoding.MAX_DRAFT, repeated here to keep --help free of MLX
 
 
 class DType(str, Enum):
@@ -62,13 +63,28 @@ DTypeOpt = Annotated[
     DType | None,
     typer.Option("--dtype", help="Compute dtype (default: the checkpoint's)."),
 ]
+MaxContextOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-context",
+        help="Longest context in tokens, prompt and answer together (default: the model's, "
+        "or what fits in memory).",
+    ),
+]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Tokens to generate.")]
 TempOpt = Annotated[float, typer.Option("--temp", "-t", help="Temperature; 0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass, in (0, 1].")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens; 0: all.")]
 MinPOpt = Annotated[float, typer.Option("--min-p", help="Drop tokens below min-p x the best.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling.")]
-SystemOpt = Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option("--system", "-s", help="System prompt (Gemma folds it into the first turn)."),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Also say where the time before the first token went."),
+]
 
 
 class Bits(str, Enum):

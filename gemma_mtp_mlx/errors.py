@@ -1,4 +1,6 @@
-"""User-facing failures of the command line: one line, an exit code."""
+"""Failures the user can fix (a missing model, a bad option, a model too big): one line and
+an exit code. Raised by the engine and its loaders as well as the command line, which shows
+them as one `error:` line."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import sys
 from typing import NoReturn
 
 
-class CliError(Exception):
+class UserError(Exception):
     """A failure the user can fix: shown as one `error:` line, exit `code`."""
 
     def __init__(self, message: str, code: int = 1):
@@ -15,7 +17,7 @@ class CliError(Exception):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    raise CliError(message, code)
+    raise UserError(message, code)
 
 
 def say(message: str) -> None:

@@ -2,7 +2,8 @@
 
 `StreamView` (a terminal): the answer as Markdown, updated live, with a status
 panel under it: tokens/s now and on average, acceptance, current draft length,
-accepted-per-round histogram, per-position acceptance, TTFT and peak memory.
+accepted-per-round histogram, per-position acceptance, redone rounds and the decode
+width, TTFT and peak memory.
 `PlainView` (a pipe or a file): the answer's text as it comes, no ANSI, and the
 stats in one line on stderr. `make_view` picks one.
 """
@@ -15,19 +16,20 @@ from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # keep `import gemma_mtp_mlx.live` free of MLX
-    from .generate import Chunk, Stats
+    from .engine import Chunk
+    from .stats import Stats
 
 # acceptance_rate below this after COLLAPSE_ROUNDS draft rounds: say so
 COLLAPSE_RATE = 0.1
 COLLAPSE_ROUNDS = 8
 SPARK = "▁▂▃▄▅▆▇█"
+SEPARATOR = " · "
 
 
 # -- numbers into words ------------------------------------------------------------------
@@ -63,14 +65,28 @@ def histogram_text(hist: dict[int, int]) -> str:
     return " ".join(f"{k}:{n}" for k, n in sorted(hist.items()))
 
 
-def stats_line(
+def drafter_words(stats: Stats, drafting: bool) -> str:
+    """How the drafter did, in the one wording every view uses (no rate when nothing was
+    drafted: 0 rounds measure nothing)."""
+    rounds = len(stats.draft_rounds)
+    if not drafting:
+        return "drafter off"
+    if not rounds:
+        return "drafter on · 0 draft rounds"
+    return (f"acceptance {_pct(stats.acceptance_rate)} "
+            f"({stats.mean_accepted_per_round:.2f}/round) · {rounds} draft rounds")
+
+
+def stats_parts(
     stats: Stats,
     drafting: bool = True,
     turn: int | None = None,
     cached: int | None = None,
     interrupted: bool = False,
-) -> str:
-    """Everything about one answer in one line (stderr after `generate`, under a chat turn)."""
+    load_s: float | None = None,
+) -> list[str]:
+    """Everything about one answer, as the phrases of its stats line. `load_s`: the time
+    to load (said when over a second: TTFT is the prefill alone)."""
     parts = []
     if turn is not None:
         parts.append(f"turn {turn}")
@@ -81,15 +97,11 @@ def stats_line(
         prefill += f" (cached {cached})"
     parts.append(prefill)
     parts.append(f"TTFT {stats.ttft_s:.2f} s")
-    if drafting:
-        parts.append(
-            f"acceptance {_pct(stats.acceptance_rate)} ({stats.mean_accepted_per_round:.2f}/round)"
-        )
-        parts.append(f"{len(stats.draft_rounds)} draft rounds")
-        if stats.redone_rounds:
-            parts.append(f"{stats.redone_rounds} redone ({_pct(stats.redo_rate)})")
-    else:
-        parts.append("drafter off")
+    if load_s is not None and load_s > 1.0:
+        parts.append(f"load {load_s:.1f} s")
+    parts.append(drafter_words(stats, drafting))
+    if drafting and stats.redone_rounds:
+        parts.append(f"{stats.redone_rounds} redone ({_pct(stats.redo_rate)})")
     parts.append(f"peak {_peak_gb():.2f} GB")
     if interrupted:
         parts.append("interrupted")
@@ -98,13 +110,33 @@ def stats_line(
     warning = collapse_warning(stats) if drafting else None
     if warning:
         parts.append(f"warning: {warning}")
-    return " · ".join(parts)
+    return parts
+
+
+def stats_line(stats: Stats, drafting: bool = True, **kw) -> str:
+    """Everything about one answer in one line (stderr after `generate`, under a chat turn)."""
+    return SEPARATOR.join(stats_parts(stats, drafting, **kw))
+
+
+def wrap_on_separators(parts: list[str], width: int) -> list[str]:
+    """The phrases joined by SEPARATOR into lines of at most `width` cells, broken only
+    between phrases (a phrase longer than a line gets a line of its own)."""
+    from rich.cells import cell_len
+
+    lines: list[str] = []
+    for part in parts:
+        joined = f"{lines[-1]}{SEPARATOR}{part}" if lines else part
+        if lines and cell_len(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return lines
 
 
 def _peak_gb() -> float:
     if "mlx.core" not in sys.modules:
         return 0.0
-    from .generate import peak_memory_gb
+    from .stats import peak_memory_gb
 
     return peak_memory_gb()
 
@@ -145,19 +177,14 @@ def status_panel(
         f"{stats.prompt_tokens} tok · {stats.prefill_tokens_per_s:.0f} tok/s · "
         f"TTFT {stats.ttft_s:.2f} s · peak {_peak_gb():.2f} GB",
     )
+    words = drafter_words(stats, drafting).removeprefix("drafter ")  # the row says "drafter"
     if drafting:
-        rounds = stats.draft_rounds
         now = f" · draft length {draft_len}" if draft_len is not None else ""
-        grid.add_row(
-            "drafter",
-            f"acceptance {_pct(stats.acceptance_rate)} · "
-            f"{stats.mean_accepted_per_round:.2f} accepted/round · {len(rounds)} rounds{now}",
-        )
-        grid.add_row(
-            "exactness",
-            f"redone {stats.redone_rounds} ({_pct(stats.redo_rate)}) · "
-            f"decode width {stats.decode_width}",
-        )
+        grid.add_row("drafter", words + now)
+        if stats.draft_rounds:  # rounds whose verify was too near a tie: redone plainly
+            grid.add_row("exactness", f"redone {stats.redone_rounds} "
+                                      f"({_pct(stats.redo_rate)}) · "
+                                      f"decode width {stats.decode_width}")
         hist = stats.accepted_histogram
         if hist:
             grid.add_row("accepted/round", f"[{sparkline(hist)}] {histogram_text(hist)}")
@@ -168,7 +195,7 @@ def status_panel(
         if warning:
             grid.add_row("[yellow]warning[/]", Text(warning, style="yellow"))
     else:
-        grid.add_row("drafter", "off")
+        grid.add_row("drafter", words)
     return Panel(grid, title=title, title_align="left", border_style="dim", expand=False)
 
 
@@ -247,6 +274,8 @@ class StreamView:
         )
 
     def _body(self):
+        from rich.markdown import Markdown  # (markdown-it: imported only for a terminal)
+
         text = _printable(self.text)
         return Markdown(text) if self.markdown else Text(text)
 
@@ -278,9 +307,10 @@ class StreamView:
         self.live.stop()
         if self.text:
             self.console.print(self._body())
-        if stats is not None:
-            line = stats_line(stats, drafting, interrupted=interrupted, **line_kw)
-            self.console.print(Text(line, style="dim"), soft_wrap=True)
+        if stats is not None:  # wrapped between phrases, never inside one
+            parts = stats_parts(stats, drafting, interrupted=interrupted, **line_kw)
+            lines = wrap_on_separators(parts, self.console.width)
+            self.console.print(Text("\n".join(lines), style="dim"))
 
 
 def is_terminal(stream: TextIO) -> bool:

@@ -6,32 +6,11 @@ ratios p/q of rejection sampling are not rounded to bfloat16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import mlx.core as mx
 
+from .request import SamplingParams
 
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0  # 0 means greedy
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0  # 1 disables
-    min_p: float = 0.0  # 0 disables
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-    def validate(self) -> None:
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if self.top_k < 0:
-            raise ValueError("top-k must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top-p must be in (0, 1]")
-        if not 0.0 <= self.min_p < 1.0:
-            raise ValueError("min-p must be in [0, 1)")
+__all__ = ["SamplingParams", "probabilities", "sample", "speculative_accept", "top2_margin"]
 
 
 def probabilities(logits: mx.array, params: SamplingParams) -> mx.array:

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from gemma_mtp_mlx.models.cache import KVCache, SlidingKVCache, rollback
+from gemma_mtp_mlx.models.cache import KVCache, SlidingKVCache, can_rollback, rollback
 
 
 def attend(q, k, v, mask):
@@ -50,11 +50,30 @@ def test_matches_full_history_under_random_rollbacks(seed):
     assert cache.start > 0, "compaction never ran"
 
 
-def test_rollback_beyond_limit_is_refused():
+def test_rollback_beyond_what_was_kept_is_refused():
     cache = SlidingKVCache(4, max_rollback=3)
-    cache.update_and_fetch(mx.zeros((1, 1, 10, 2)), mx.zeros((1, 1, 10, 2)))
+    k = mx.arange(301, dtype=mx.float32).reshape(1, 1, 301, 1)
+    cache.update_and_fetch(k[..., :300, :], k[..., :300, :])
+    cache.update_and_fetch(k[..., 300:, :], k[..., 300:, :])  # compacts: drops 0..291
+    assert cache.start == 292
+    assert not cache.can_trim(5) and not can_rollback([cache], 5)
     with pytest.raises(ValueError):
-        cache.trim(4)
+        cache.trim(5)
+    rollback([cache], 4)  # more than max_rollback, but all it needs is still held
+    keys, _ = cache.fetch_last(5)
+    assert keys.reshape(-1).tolist() == [292, 293, 294, 295, 296]
+
+
+def test_long_rollback_before_anything_was_dropped():
+    """A conversation that never outgrew the buffer rolls back any length (the server's
+    prefix cache relies on it)."""
+    cache = SlidingKVCache(4, max_rollback=3)
+    k = mx.arange(40, dtype=mx.float32).reshape(1, 1, 40, 1)
+    cache.update_and_fetch(k, k)
+    assert can_rollback([cache, KVCache()], 30)
+    rollback([cache], 30)
+    keys, _ = cache.update_and_fetch(k[..., :1, :] + 100, k[..., :1, :])
+    assert keys.reshape(-1).tolist() == [7, 8, 9, 100]
 
 
 def test_fetch_last_for_drafter():

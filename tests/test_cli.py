@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gemma_mtp_mlx import cli
+from gemma_mtp_mlx.chat import Conversation
 from gemma_mtp_mlx.cli import app
+from gemma_mtp_mlx.request import Request
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -28,7 +29,8 @@ FAST = ["--dtype", "float32", "--max-tokens", "8"]
 JSON_KEYS = {
     "text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_per_round",
-    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb",
+    "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb", "drafter",
+    "load_s", "load_phases",
 }  # fmt: skip
 TURN = re.compile(r"turn (\d+) · (\d+) tokens · .*?prefill (\d+) tok \(cached (\d+)\)")
 
@@ -54,12 +56,9 @@ def one_error_line(result, code):
 
 @pytest.fixture(scope="module")
 def e2b():
-    from gemma_mtp_mlx.loading import load_pair
+    from conftest import engine
 
-    pair = load_pair(E2B, dtype="float32")
-    if not hasattr(pair, "eos_ids"):
-        pair.eos_ids = pair.eos_token_ids
-    return pair
+    return engine("e2b_tiny")
 
 
 def subprocess_cli(*args):
@@ -67,11 +66,19 @@ def subprocess_cli(*args):
 
 
 # -- help ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", [[], ["generate"], ["chat"], ["bench"], ["convert"]])
+@pytest.mark.parametrize("command", [[], ["generate"], ["chat"], ["bench"], ["serve"], ["convert"]])
 def test_help_shows_examples(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
     assert "Examples" in result.stdout and "gemma-mtp" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "bench", "serve", "convert"])
+def test_help_shows_flags_as_plain_flags(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "list[" not in result.stdout
+    assert "--help" in result.stdout
 
 
 def test_no_arguments_prints_help():
@@ -82,11 +89,9 @@ def test_no_arguments_prints_help():
 
 # -- generate -----------------------------------------------------------------------------------
 def test_generate_streams_text_and_stats_line(e2b):
-    from gemma_mtp_mlx.generate import encode_prompt, generate
-
     result = run("generate", "-m", E2B, "--prompt", "Hello there", *FAST)
     assert result.exit_code == 0, result.stderr
-    expected = generate(e2b, encode_prompt(e2b.tokenizer, "Hello there"), max_tokens=8)
+    expected = e2b.run(e2b.encode("Hello there"), Request(max_tokens=8))
     assert result.stdout == expected.text + "\n"
     (line,) = result.stderr.strip().splitlines()
     for word in ("8 tokens", "tok/s", "prefill", "TTFT", "acceptance", "draft rounds", "peak"):
@@ -95,18 +100,16 @@ def test_generate_streams_text_and_stats_line(e2b):
 
 
 def test_stdin_is_appended_to_the_prompt(e2b):
-    from gemma_mtp_mlx.generate import encode_prompt
-
     result = run(
         "generate", "-m", E2B, "--prompt", "Summarize:", "--json", *FAST, input="my notes\n"
     )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    ids = encode_prompt(e2b.tokenizer, "Summarize:\n\nmy notes")
+    ids = e2b.encode("Summarize:\n\nmy notes")
     assert data["prompt_tokens"] == len(ids)
 
     alone = json.loads(run("generate", "-m", E2B, "--json", *FAST, input="my notes").stdout)
-    assert alone["prompt_tokens"] == len(encode_prompt(e2b.tokenizer, "my notes"))
+    assert alone["prompt_tokens"] == len(e2b.encode("my notes"))
 
 
 @pytest.mark.parametrize("fixture", [E2B, DENSE], ids=["e2b", "dense31b"])
@@ -122,7 +125,51 @@ def test_json_keys_and_drafting_changes_nothing(fixture):
     assert drafted["text"] == plain["text"]
     assert drafted["draft_rounds"] > 0 and plain["draft_rounds"] == 0
     assert drafted["draft_rounds"] == len(drafted["draft_lengths"])
+    # which drafter ran, if any; no rate where nothing was drafted
+    assert drafted["drafter"] == str(fixture / "drafter") and plain["drafter"] is None
+    assert 0 <= drafted["acceptance_rate"] <= 1 and plain["acceptance_rate"] is None
+    assert plain["mean_accepted_per_round"] is None
+    assert drafted["load_s"] == pytest.approx(sum(drafted["load_phases"].values()), abs=0.01)
+    assert {"startup", "tokenizer", "weights", "calibration"} <= drafted["load_phases"].keys()
+    assert "calibration" not in plain["load_phases"]  # nothing to calibrate without drafts
     assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
+
+
+@pytest.fixture
+def no_template(tmp_path):
+    """The e2b pair without a chat template."""
+    folder = tmp_path / "pair"
+    shutil.copytree(E2B, folder, ignore=shutil.ignore_patterns("reference.npz"))
+    (folder / "target" / "chat_template.jinja").unlink()
+    config = json.loads((folder / "target" / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (folder / "target" / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_system_without_a_chat_template_is_refused_not_ignored(no_template):
+    line = one_error_line(run("generate", "-m", no_template, "--prompt", "hi", "--system", "Be",
+                              *FAST), 2)
+    assert "--system needs a chat template" in line
+    ok = run("generate", "-m", no_template, "--prompt", "hi", "--json", *FAST)
+    assert ok.exit_code == 0, ok.stderr  # without --system: the prompt as is
+
+
+def test_system_goes_through_the_template(e2b):
+    base = ["generate", "-m", E2B, "--prompt", "hi", "--json", *FAST]
+    plain = json.loads(run(*base).stdout)
+    system = json.loads(run(*base, "--system", "Be brief.").stdout)
+    assert system["prompt_tokens"] == len(e2b.encode("hi", system="Be brief."))
+    assert system["prompt_tokens"] > plain["prompt_tokens"]
+
+
+def test_verbose_says_where_the_load_time_went():
+    result = run("generate", "-m", E2B, "--prompt", "hi", *FAST, "--verbose")
+    assert result.exit_code == 0, result.stderr
+    phases = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"load [\d.]+ s: startup [\d.]+ · imports [\d.]+ · resolve", phases)
+    for phase in ("tokenizer", "weights", "calibration"):
+        assert f" {phase} " in phases
 
 
 def test_raw_and_stop():
@@ -188,7 +235,24 @@ def test_missing_drafter_suggests_no_draft():
     line = one_error_line(run("generate", "-m", TARGET_ONLY, "--prompt", "hi"), 1)
     assert "--no-draft" in line
     ok = run("generate", "-m", TARGET_ONLY, "--prompt", "hi", "--no-draft", *FAST)
-    assert ok.exit_code == 0 and "drafter off" in ok.stderr
+    assert ok.exit_code == 0 and "drafter off" in ok.stderr and "acceptance" not in ok.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+@pytest.mark.parametrize("option", [["--num-draft", "4"], ["--draft-schedule", "auto"]])
+def test_asking_for_drafts_without_a_drafter_is_one_line(tmp_path, command, option):
+    """The bundled model without its drafter (as this release ships it): plain decoding, said
+    once; asking for drafts is an error, not a silent 'drafter off'."""
+    from gemma_mtp_mlx.fallback import BUNDLED_NAME
+
+    folder = tmp_path / BUNDLED_NAME
+    shutil.copytree(E2B / "target", folder / "target")
+    args = [command, "-m", folder, *option, *FAST]
+    result = run(*args, "--prompt", "hi") if command == "generate" else run(*args, input="hi\n")
+    assert result.exit_code == 2, result.stderr
+    note, error = result.stderr.strip().splitlines()
+    assert note == "note: no drafter is bundled for Gemma 3 270M yet: plain decoding"
+    assert error.startswith(f"error: {option[0]} needs a drafter, and none is loaded")
 
 
 @pytest.fixture
@@ -235,24 +299,6 @@ def test_hub_id_goes_through_resolve_model(monkeypatch):
     fake.resolve_model = broken
     line = one_error_line(run("generate", "-m", "someone/nothing", "--prompt", "hi"), 1)
     assert "repository not found" in line and "gemma-mtp convert" in line
-
-
-def test_offline_default_falls_back_to_the_bundled_pair(monkeypatch):
-    """No cache, no hub: the default model becomes the bundled pair, with a notice."""
-    import gemma_mtp_mlx.convert as convert
-    import gemma_mtp_mlx.fallback as fallback
-
-    def unreachable(spec, **kw):
-        raise convert.HubUnreachable(f"{spec}: cannot reach the Hugging Face Hub")
-
-    monkeypatch.setattr(convert, "resolve_model", unreachable)
-    monkeypatch.setattr(fallback, "bundled_pair", lambda **kw: E2B)
-    result = run("generate", "--prompt", "hi", *FAST)
-    assert result.exit_code == 0, result.stderr
-    assert "bundled Gemma 3 270M" in result.stderr and result.stdout
-    # An explicit hub id is never swapped for another model.
-    line = one_error_line(run("generate", "-m", "google/gemma-4-E2B-it", "--prompt", "hi"), 1)
-    assert "cannot reach" in line
 
 
 def test_hub_id_without_converter(monkeypatch):
@@ -322,18 +368,31 @@ def test_bench_outputs_identical(tmp_path):
     assert "same output" in table.stdout and "NO" not in table.stdout
 
 
+def test_bench_without_a_drafter_is_one_plain_row_and_says_so():
+    args = ["bench", "-m", TARGET_ONLY, "--no-draft", "--runs", "1", *FAST]
+    result = run(*args, "--json")  # the three built-in prompts
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["drafter"] is None and data["identical"]
+    assert {r["mode"] for r in data["rows"]} == {"plain"} and len(data["rows"]) == 3
+    assert all(r["acceptance_rate"] is None for r in data["rows"])
+    table = run(*args)
+    assert "no drafter: plain decoding only" in table.stdout
+    assert "mtp auto" not in table.stdout and "acceptance" not in table.stdout
+
+
 def test_bench_reports_a_mismatch_loudly(monkeypatch):
-    import gemma_mtp_mlx.generate as gen
+    from gemma_mtp_mlx.engine import Engine
 
-    real = gen.generate
+    real = Engine.run
 
-    def corrupted(pair, ids, **kw):
-        res = real(pair, ids, **kw)
-        if kw.get("use_drafter") and kw.get("max_tokens", 0) > 4:
+    def corrupted(self, ids, request, session=None):
+        res = real(self, ids, request, session)
+        if request.draft != "off" and request.max_tokens > 4:
             res.token_ids = res.token_ids[:3] + [7] + res.token_ids[4:]
         return res
 
-    monkeypatch.setattr(gen, "generate", corrupted)
+    monkeypatch.setattr(Engine, "run", corrupted)
     result = run("bench", "-m", E2B, "--runs", "1", "--max-tokens", "6", "--dtype", "float32")
     assert result.exit_code == 1
     assert "MISMATCH" in result.stderr and "at token 3" in result.stderr
@@ -347,20 +406,18 @@ def turns(stderr: str) -> list[tuple[int, int, int, int]]:
 
 
 def test_chat_keeps_the_cache_between_turns(e2b):
-    from gemma_mtp_mlx.generate import encode_prompt
-
     script = "Hello there\nWhat next?\n/stats\n/reset\nagain\n/quit\nnever sent\n"
     result = run("chat", "-m", E2B, *FAST, input=script)
     assert result.exit_code == 0, result.stderr
     no_traceback(result)
     (t1, n1, p1, c1), (t2, n2, p2, c2), (t3, n3, p3, c3) = turns(result.stderr)
     assert (t1, t2, t3) == (1, 2, 1)  # /reset starts over
-    assert c1 == 0 and p1 == len(encode_prompt(e2b.tokenizer, "Hello there"))
+    assert c1 == 0 and p1 == len(e2b.encode("Hello there"))
     # Turn 2 reuses all of turn 1 and prefills the last answer token plus the new message.
     assert c2 == p1 + n1 - 1
     # the fixture template: <turn|>\n closing the answer, then the user turn, then model\n
-    assert p2 == 1 + 2 + len(encode_prompt(e2b.tokenizer, "What next?")) - 1
-    assert c3 == 0 and p3 == len(encode_prompt(e2b.tokenizer, "again"))
+    assert p2 == 1 + 2 + len(e2b.encode("What next?")) - 1
+    assert c3 == 0 and p3 == len(e2b.encode("again"))
     assert "session: 2 turns" in result.stderr and "conversation reset" in result.stderr
     assert "\x1b" not in result.stdout + result.stderr
 
@@ -383,24 +440,22 @@ def test_chat_multiline_system_and_unknown_command():
 
 def test_reused_cache_gives_the_same_answer_as_a_fresh_prefill(e2b):
     """Turn 2 on the kept cache == plain decoding of the same tokens from scratch."""
-    from gemma_mtp_mlx.generate import generate, stream_generate
-
-    convo = cli.Conversation(e2b)
+    convo = Conversation(e2b)
     for i, message in enumerate(["Hello there", "What next?"]):
         fed = convo.plan(message)
         before = list(convo.ids)
         answer = []
-        for chunk in stream_generate(e2b, fed, max_tokens=10, session=convo.session):
+        for chunk in e2b.stream(fed, Request(max_tokens=10), convo.session):
             answer += chunk.tokens
         convo.record(message, fed, answer, interrupted=False)
         if i == 1:
-            fresh = generate(e2b, before + fed, max_tokens=10, use_drafter=False)
+            fresh = e2b.run(before + fed, Request(max_tokens=10, draft="off"))
             assert fresh.token_ids == answer
             assert len(fed) < len(before)
 
 
 def test_an_interrupted_turn_rebuilds_the_cache(e2b):
-    convo = cli.Conversation(e2b)
+    convo = Conversation(e2b)
     fed = convo.plan("Hello there")
     convo.record("Hello there", fed, [300, 301], interrupted=True)
     again = convo.plan("next")
@@ -410,7 +465,7 @@ def test_an_interrupted_turn_rebuilds_the_cache(e2b):
 
 def test_chat_model_role_matches_the_template(e2b):
     # The fixture template writes roles verbatim and prompts with "model".
-    assert cli.Conversation(e2b).model_role == "model"
+    assert Conversation(e2b).model_role == "model"
 
 
 # -- convert ------------------------------------------------------------------------------------
@@ -488,6 +543,36 @@ def test_draft_schedule_auto_gives_the_same_tokens():
 
 
 # -- distill ------------------------------------------------------------------------------------
+def test_distill_passes_its_options(monkeypatch, tmp_path):
+    """The command line's part: options into distill_command, its summary out as JSON, its
+    errors as one line (tests/test_distill.py trains for real)."""
+    import gemma_mtp_mlx.distill as distill
+
+    calls = []
+
+    def distill_command(model, out, **options):
+        calls.append((model, out, options))
+        if options["steps"] == 13:
+            raise ValueError("too few tokens for one batch")
+        return {"trained_tokens": 42}
+
+    monkeypatch.setattr(distill, "distill_command", distill_command)
+    out = tmp_path / "drafter"
+    args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--hidden", "32",
+            "--vocab-subset", "256", "--batch", "2", "--init", E2B / "drafter", "--seed", "7"]
+    result = run(*args, "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"trained_tokens": 42}
+    model, target, options = calls[0]
+    assert (model, target) == (str(E2B), str(out))
+    assert options == {"init": str(E2B / "drafter"), "tokens": 1000, "steps": 3,
+                       "draft_depth": 3, "hidden": 32, "vocab_subset": 256, "batch": 2,
+                       "lr": 1e-3, "seed": 7, "prompts": None}
+    line = one_error_line(run(*args, "--steps", "13"), 1)
+    assert line == "error: too few tokens for one batch"
+
+
+@pytest.mark.slow
 def test_distill_writes_a_loadable_drafter(tmp_path):
     out = tmp_path / "drafter"
     args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--steps", "3",
@@ -516,3 +601,44 @@ def test_ignore_eos_runs_to_max_tokens():
     assert full["finish_reason"] == "length" and full["generated_tokens"] == n
     assert full["token_ids"][: len(stopped["token_ids"])] == stopped["token_ids"]
 
+
+
+# -- memory and context -------------------------------------------------------------------------
+def test_a_model_too_big_for_memory_is_refused_before_loading():
+    # The tiny pair's weights are ~1.7 MB: 1 MB of usable memory cannot hold them.
+    args = ["generate", "-m", E2B, "--prompt", "hi", *FAST]
+    line = one_error_line(runner.invoke(app, args, env={"GEMMA_MTP_MEMORY_GB": "0.001"}), 1)
+    assert "needs" in line and "weights" in line and "GEMMA_MTP_MEMORY_GB" in line
+    assert "--bits 4" in line
+
+
+def test_the_context_is_cut_to_fit_memory_unless_asked():
+    # 10 MB: the weights fit, the KV cache of the model's full 131072-token context does not.
+    env = {"GEMMA_MTP_MEMORY_GB": "0.01"}
+    args = ["generate", "-m", E2B, "--prompt", "hi", "--json", *FAST]
+    fitted = runner.invoke(app, args, env=env)
+    assert fitted.exit_code == 0, fitted.stderr
+    note = re.search(r"note: context (\d+) tokens \(of 131072\)", fitted.stderr)
+    assert note and 4096 <= int(note.group(1)) < 131072
+    asked = runner.invoke(app, [*args, "--max-context", "131072"], env=env)
+    line = one_error_line(asked, 1)
+    assert "KV cache" in line and f"--max-context {note.group(1)}" in line
+
+
+def test_a_prompt_longer_than_the_context_is_an_error():
+    prompt = " ".join(["word"] * 80)
+    line = one_error_line(run("generate", "-m", E2B, "--prompt", prompt, *FAST,
+                              "--max-context", "32"), 2)
+    assert "does not fit the context of 32 tokens" in line
+    line = one_error_line(run("generate", "-m", E2B, "--prompt", "hi", "--max-context", "1"), 2)
+    assert "--max-context must be in 2..131072" in line
+
+
+def test_chat_with_a_seed_is_reproducible():
+    script = "Hello there\nWhat next?\n"
+    args = ["chat", "-m", E2B, "--dtype", "float32", "-n", "24", "--temp", "0.9", "--seed", "1"]
+    first, second = run(*args, input=script), run(*args, input=script)
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.strip()
+    other = run(*args[:-1], "2", input=script)
+    assert other.stdout != first.stdout  # the seed decides the text

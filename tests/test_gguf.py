@@ -118,6 +118,62 @@ def test_tensor_names():
         g.hf_name("blk.0.mystery.weight")
 
 
+# -- the file reader ------------------------------------------------------------------------
+
+
+def write_small_gguf(path):
+    """Every kind of metadata value and three tensor types, written by the gguf package."""
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_uint32("t.u32", 7)
+    w.add_int64("t.i64", -3)
+    w.add_float32("t.f32", 0.25)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo ▁wörld")
+    w.add_array("t.strs", ["<pad>", "▁the", "", "日本"])
+    w.add_array("t.floats", [0.5, -1.5, 2.0])
+    w.add_array("t.ints", [1, 2, 3])
+    w.add_tensor("t.float32", np.arange(24, dtype=np.float32).reshape(4, 6))
+    w.add_tensor("t.float16", np.linspace(-1, 1, 32, dtype=np.float16).reshape(2, 16))
+    rows = RNG.normal(size=(3, 64)).astype(np.float32)
+    w.add_tensor("t.q8_0", gguf.quants.quantize(rows, Q.Q8_0), raw_dtype=Q.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_file_reads_what_gguf_reader_reads(tmp_path):
+    from gemma_mtp_mlx.convert.gguf_file import GGUFFile
+
+    path = tmp_path / "small.gguf"
+    write_small_gguf(path)
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
+    header = {k for k in theirs.fields if k.startswith("GGUF.")}  # GGUFReader's own entries
+    assert ours.fields.keys() == theirs.fields.keys() - header
+    for key, field in theirs.fields.items():
+        if key in header:
+            continue
+        want, got = field.contents(), ours.fields[key]
+        assert (list(got) if isinstance(got, np.ndarray) else got) == want, key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert a.shape == tuple(b.shape.tolist()) and a.tensor_type == b.tensor_type
+        np.testing.assert_array_equal(a.data, b.data)
+        assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape
+
+
+@pytest.mark.parametrize("damage", ["empty", "magic", "truncated"])
+def test_gguf_file_refuses_damaged_files_in_one_line(tmp_path, damage):
+    from gemma_mtp_mlx.convert.gguf_file import GGUFFile
+
+    path = tmp_path / "small.gguf"
+    write_small_gguf(path)
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "magic": b"GGML" + data[4:], "truncated": data[:60]}[damage])
+    with pytest.raises(g.ConvertError, match="not a readable GGUF file"):
+        GGUFFile(path)
+
+
 # -- the real Gemma 3 270M file -----------------------------------------------------------
 
 
@@ -150,7 +206,7 @@ def test_real_tensor_layout_and_norm_shift():
     types = {t.tensor_type.name for t in reader.tensors}
     assert {"Q4_K", "Q5_0", "Q6_K", "Q8_0"} <= types
     q = by_name["blk.0.attn_q.weight"]
-    w = g.dequantize(q.data, q.tensor_type).reshape(tuple(reversed(q.shape.tolist())))
+    w = g.dequantize(q.data, q.tensor_type).reshape(tuple(reversed(q.shape)))
     assert w.shape == (4 * 256, 640)  # torch [out, in]
     assert np.isfinite(w).all() and 0.001 < np.abs(w).mean() < 1
     # llama.cpp stores 1 + w for Gemma norms: the post-attention norm is mostly below 1 there.

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from gemma_mtp_mlx import live
 from gemma_mtp_mlx.decoding import RoundInfo
-from gemma_mtp_mlx.generate import Chunk, Stats
+from gemma_mtp_mlx.engine import Chunk
+from gemma_mtp_mlx.stats import Stats
 
 ROOT = Path(__file__).resolve().parents[1]
 E2B = ROOT / "tests" / "fixtures" / "e2b_tiny"
@@ -44,6 +45,40 @@ def test_stats_line_words():
     plain = live.stats_line(make_stats([]), drafting=False)
     assert "drafter off" in plain and "acceptance" not in plain
     assert "interrupted" in live.stats_line(stats, True, interrupted=True)
+
+
+def test_one_wording_for_the_drafter():
+    # a drafter that never drafted has no acceptance to show (not "0%")
+    idle = live.stats_line(make_stats([]), drafting=True)
+    assert "drafter on · 0 draft rounds" in idle and "acceptance" not in idle
+    assert "%" not in idle
+    assert live.drafter_words(make_stats([]), False) == "drafter off"
+    panel = Console(file=io.StringIO(), width=120)
+    panel.print(live.status_panel(make_stats([]), True))
+    panel.print(live.status_panel(make_stats([]), False))
+    shown = panel.file.getvalue()
+    assert "drafter  on · 0 draft rounds" in shown and "drafter  off" in shown
+    assert "%" not in shown and "drafter drafter" not in shown
+
+
+def test_load_time_is_said_when_over_a_second():
+    stats = make_stats([(4, 4)])
+    assert "load" not in live.stats_line(stats, True, load_s=0.8)
+    line = live.stats_line(stats, True, load_s=4.26)
+    assert "TTFT 0.10 s · load 4.3 s" in line  # TTFT stays the prefill
+
+
+def test_the_chat_stats_line_wraps_between_phrases_in_160_columns():
+    stats = make_stats([(2, 0)] * 8 + [(4, 1)])  # long: a collapse warning too
+    kw = {"turn": 12, "cached": 4096, "load_s": 3.2}
+    one_line = live.stats_line(stats, True, **kw)
+    assert len(one_line) > 160
+    console = Console(file=io.StringIO(), force_terminal=True, width=160, height=40)
+    live.StreamView(console, drafting=True).finish(stats, True, **kw)
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", console.file.getvalue()).rstrip("\n")
+    lines = shown.split("\n")
+    assert len(lines) == 2 and all(len(line) <= 160 for line in lines)
+    assert " · ".join(lines) == one_line  # broken only at a separator
 
 
 @pytest.mark.parametrize(
@@ -180,7 +215,7 @@ def turn_stats(screen: str):
 def test_chat_in_a_real_terminal(tmp_path):
     from mlx_lm.utils import load_tokenizer
 
-    from gemma_mtp_mlx.generate import encode_prompt
+    from gemma_mtp_mlx.engine import encode_prompt
 
     tokenizer = load_tokenizer(E2B / "target")
     tmux = start_chat(tmp_path, "--max-tokens", "12")

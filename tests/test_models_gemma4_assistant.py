@@ -29,7 +29,9 @@ def test_draft_steps_match_transformers(name):
     token, carry = int(ref["draft_t0"]), mx.array(ref["draft_h0"])[None, None]
     for i in range(5):
         x = mx.concatenate([target.embed(mx.array([[token]])), carry], -1)
-        np.testing.assert_allclose(np.array(x[0, 0]), ref["draft_input_embeds"][i], atol=1e-3)
+        # Our own chain: rounding grows ~3x a step (OpenBLAS on a Xeon: 3e-4 at step 4,
+        # 1.1e-3 at step 5); the fed steps below are the 1e-4 check of each step.
+        np.testing.assert_allclose(np.array(x[0, 0]), ref["draft_input_embeds"][i], atol=2e-3)
         logits, carry = drafter(x, position, shared)
         token = int(mx.argmax(logits[0, 0]).item())
         assert token == int(ref["draft_tokens"][i])

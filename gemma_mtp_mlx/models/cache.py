@@ -14,7 +14,7 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, _BaseCache
 
-__all__ = ["KVCache", "SlidingKVCache", "rollback", "cache_offset"]
+__all__ = ["KVCache", "SlidingKVCache", "cache_offset", "can_rollback", "rollback"]
 
 
 class SlidingKVCache(_BaseCache):
@@ -105,9 +105,31 @@ class SlidingKVCache(_BaseCache):
     def is_trimmable(self):
         return True
 
+    def copy_before(self, end: int, n: int) -> tuple[mx.array, mx.array]:
+        """Copies of the `n` entries before absolute position `end` (which must be held)."""
+        first = max(end - n, 0)
+        assert first >= self.start and end <= self.offset, "those entries are not held"
+        a, b = first - self.start, end - self.start
+        return mx.array(self.keys[..., a:b, :]), mx.array(self.values[..., a:b, :])
+
+    @classmethod
+    def resumed(cls, window: int, max_rollback: int, keys, values, end: int):
+        """A cache at position `end` holding `keys`/`values` as its entries just before it
+        (copy_before's output): attention from `end` on sees what it saw the first time."""
+        cache = cls(window, max_rollback)
+        cache.keys, cache.values = keys, values
+        cache.offset, cache.start = end, end - keys.shape[2]
+        return cache
+
+    def can_trim(self, n: int) -> bool:
+        """Whether the buffer still holds what every query after a rollback of `n` tokens
+        sees (always true up to max_rollback; further while nothing needed was dropped,
+        e.g. a conversation shorter than the window)."""
+        return n <= self.max_rollback or self.start <= max(0, self.offset - n - self.window - 1)
+
     def trim(self, n: int) -> int:
-        if n > self.max_rollback:
-            raise ValueError(f"cannot roll back {n} tokens, at most {self.max_rollback}")
+        if not self.can_trim(n):
+            raise ValueError(f"cannot roll back {n} tokens: the sliding window dropped them")
         n = min(self.offset, n)
         self.offset -= n
         return n
@@ -125,6 +147,11 @@ def rollback(cache: list, n: int) -> None:
     if n > 0:
         for c in cache:
             c.trim(n)
+
+
+def can_rollback(cache: list, n: int) -> bool:
+    """Whether `rollback(cache, n)` is exact (full-attention layers keep every token)."""
+    return all(c.can_trim(n) for c in cache if isinstance(c, SlidingKVCache))
 
 
 def cache_offset(cache: list) -> int:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
-from mlx_lm.utils import save_config
 
 from .plan import ModelPlan, TensorPlan
 from .safetensors_io import ShardWriter
@@ -111,6 +110,8 @@ def write_model(
         "weight_map": dict(sorted(weight_map.items())),
     }
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
+    from mlx_lm.utils import save_config  # (imports transformers: only when converting)
+
     save_config(dict(plan.config), out / "config.json")
     copy_aux(plan.folder, out)
     return index

@@ -15,6 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
+from gemma_mtp_mlx.progress import byte_bar
+from gemma_mtp_mlx.tokenizer_cache import default_cache_dir
+
 from .errors import ConvertError
 from .plan import ModelPlan, check_drafter, check_options, plan_model, skeleton
 from .source import Source, has_tokenizer, resolve
@@ -66,24 +69,10 @@ def _check_out(out: Path, force: bool, sources: list[Source]) -> None:
 
 def _write_all(plans: list[ModelPlan], tmp: Path, progress: bool, max_shard_bytes: int) -> None:
     total = sum(p.output_bytes for p in plans)
-    if not progress or not sys.stderr.isatty():
+    with byte_bar(progress, total, "converting") as bar:
         for p in plans:
-            write_model(p, tmp / p.kind, max_shard_bytes)
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("converting", total=total)
-        for p in plans:
-            bar.update(task, description=f"converting {p.kind}")
-            write_model(p, tmp / p.kind, max_shard_bytes, lambda n: bar.advance(task, n))
+            bar.describe(f"converting {p.kind}")
+            write_model(p, tmp / p.kind, max_shard_bytes, bar.advance)
 
 
 def convert_pair(
@@ -194,9 +183,11 @@ def convert_gguf_pair(gguf: Path, drafter, out: Path, bits, group_size, dtype, p
         raise ConvertError(f"{drafter}: not a drafter folder (no config.json)")
 
     def build(tmp: Path) -> dict:
-        convert_gguf(gguf, tmp / "target", dtype)
-        if bits:
-            _quantize_in_place(tmp / "target", bits, group_size)
+        with byte_bar(progress, gguf.stat().st_size, f"converting {gguf.name}") as bar:
+            convert_gguf(gguf, tmp / "target", dtype, bar=bar)
+            if bits:
+                bar.describe(f"quantizing to {bits} bits")
+                _quantize_in_place(tmp / "target", bits, group_size)
         if drafter is not None:
             shutil.copytree(drafter, tmp / "drafter")
         return {
@@ -230,11 +221,6 @@ def _quantize_in_place(folder: Path, bits: int, group_size: int) -> None:
 
 
 # -- resolve_model: what the CLI's -m accepts ---------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("GEMMA_MTP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gemma-mtp"
 
 
 def cache_name(repo_id: str, bits: int | None) -> str:

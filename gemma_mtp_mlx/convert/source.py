@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +64,47 @@ def _hf_cache_dir() -> str | None:
     return os.environ.get("HF_HUB_CACHE") or None  # else huggingface_hub's default
 
 
+_OFFLINE_MISS = ("{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
+                 "(download it once online, or give a local folder)")
+_UNREACHABLE = "{repo_id}: cannot reach the Hugging Face Hub and it is not in the local cache"
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to the hub's endpoint (HF_ENDPOINT) opens within `timeout`:
+    checked before huggingface_hub is imported (0.8 s) and tried (its timeouts are 10 s where
+    packets are dropped). Behind a proxy the question is left to huggingface_hub."""
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return True
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds anything of `repo_id` (a snapshot to reuse)."""
+    root = os.environ.get("HF_HUB_CACHE")
+    if not root:
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+        root = os.path.join(home, "hub")
+    return (Path(root).expanduser() / ("models--" + repo_id.replace("/", "--"))).is_dir()
+
+
 def fetch(repo_id: str, patterns: list[str] | None = None, progress: bool = True) -> Source:
     """Download (or find in the cache) the files of `repo_id` that a text model needs."""
+    if not in_hf_cache(repo_id):  # say so without importing huggingface_hub (0.5 s)
+        if offline():
+            raise HubUnreachable(_OFFLINE_MISS.format(repo_id=repo_id))
+        if not hub_reachable():
+            raise HubUnreachable(_UNREACHABLE.format(repo_id=repo_id))
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -96,14 +136,8 @@ def fetch(repo_id: str, patterns: list[str] | None = None, progress: bool = True
             "(or it is private)"
         ) from None
     except LocalEntryNotFoundError:
-        if offline():
-            raise HubUnreachable(
-                f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
-                "(download it once online, or give a local folder)"
-            ) from None
-        raise HubUnreachable(
-            f"{repo_id}: cannot reach the Hugging Face Hub and it is not in the local cache"
-        ) from None
+        message = _OFFLINE_MISS if offline() else _UNREACHABLE
+        raise HubUnreachable(message.format(repo_id=repo_id)) from None
     except Exception as e:  # network/HTTP errors of many kinds
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, OSError) or "Connect" in type(e).__name__:

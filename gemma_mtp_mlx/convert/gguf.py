@@ -18,7 +18,10 @@ What llama.cpp's `convert_hf_to_gguf.py` did to a Hugging Face Gemma 3, undone:
   with byte fallback whose merges are ranked by the merged piece's score, which
   is SentencePiece BPE's own rule; control tokens are special added tokens and
   user-defined ones (newline and space runs, HTML tags) are matched first, as
-  SentencePiece does.
+  SentencePiece does;
+- a GGUF without a chat template (a pre-trained base model such as the bundled
+  270M) gets Gemma 3's turn template, so `chat` works: its turn tokens are in
+  every Gemma 3 vocabulary.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConvertError
+from .gguf_file import GGUFFile
 
 NORM_SHIFT = 1.0
 LOCAL_ROPE_BASE = 10_000.0  # llama.cpp: gemma3 sliding layers
@@ -57,6 +61,30 @@ _TOP_NAMES = {
 }
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
 
+# Gemma 3's turn format, as in Google's instruction-tuned checkpoints: a system prompt is
+# folded into the first user turn, "assistant" is written "model", roles alternate.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = '' -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"""
+
 # SentencePiece piece types as llama.cpp stores them.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -70,23 +98,12 @@ def bundled_gemma3_270m() -> Path:
     return Path(pkg.assemble())
 
 
-def _reader(path):
-    import gguf
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"{path}: no such GGUF file")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # gguf raises ValueError / struct errors on bad files
-        raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
+def _reader(path) -> GGUFFile:
+    return GGUFFile(path)
 
 
 def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+    return reader.fields.get(key, default)
 
 
 def hf_name(gguf_name: str) -> str:
@@ -100,7 +117,7 @@ def hf_name(gguf_name: str) -> str:
 
 
 def dequantize(data: np.ndarray, qtype) -> np.ndarray:
-    """Raw GGUF tensor data (as GGUFReader returns it) -> float32, rows x columns."""
+    """Raw GGUF tensor data (GGUFReader's layout) -> float32, rows x columns."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType(qtype)
@@ -117,7 +134,7 @@ def read_tensors(path, reader=None):
     reader = reader or _reader(path)
     for t in reader.tensors:
         name = hf_name(t.name)
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # ggml ne -> row-major
+        shape = tuple(reversed(t.shape))  # ggml ne -> row-major
         w = dequantize(t.data, t.tensor_type).reshape(shape)
         if name.endswith("norm.weight"):
             w = w - NORM_SHIFT
@@ -141,7 +158,7 @@ def read_config(path, reader=None) -> dict:
     heads = int(get("attention.head_count"))
     head_dim = int(get("attention.key_length"))
     layers = int(get("block_count"))
-    n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
+    n_tokens = len(reader.fields["tokenizer.ggml.tokens"])
     # llama.cpp: the 27B (62 layers) scales queries by 1/sqrt(hidden/heads), the rest by head_dim.
     scalar = hidden // heads if layers == 62 else head_dim
     types = [
@@ -186,13 +203,9 @@ def read_config(path, reader=None) -> dict:
 
 def read_vocab(reader) -> tuple[list[str], list[float], list[int]]:
     f = reader.fields
-
-    def values(key):
-        return [f[key].parts[i] for i in f[key].data]
-
-    tokens = [bytes(p).decode("utf-8") for p in values("tokenizer.ggml.tokens")]
-    scores = [float(p[0]) for p in values("tokenizer.ggml.scores")]
-    types = [int(p[0]) for p in values("tokenizer.ggml.token_type")]
+    tokens = list(f["tokenizer.ggml.tokens"])
+    scores = [float(x) for x in f["tokenizer.ggml.scores"]]
+    types = [int(x) for x in f["tokenizer.ggml.token_type"]]
     return tokens, scores, types
 
 
@@ -263,6 +276,8 @@ def write_tokenizer(reader, out: Path) -> None:
         "model_max_length": int(_field(reader, "gemma3.context_length", 32768)),
     }
     template = _field(reader, "tokenizer.chat_template")
+    if not template and "<start_of_turn>" in tokens:
+        template = GEMMA3_CHAT_TEMPLATE
     if template:
         (out / "chat_template.jinja").write_text(template)
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
@@ -277,10 +292,15 @@ def write_tokenizer(reader, out: Path) -> None:
 # -- the folder --------------------------------------------------------------------------
 
 
-def convert_gguf(gguf_path, out_dir, dtype: str = "bfloat16", shard_bytes: int = 2 << 30) -> Path:
-    """Write an mlx-lm `gemma3_text` folder (config, safetensors, tokenizer) from a GGUF file."""
+def convert_gguf(gguf_path, out_dir, dtype: str = "bfloat16", shard_bytes: int = 2 << 30,
+                 bar=None) -> Path:
+    """Write an mlx-lm `gemma3_text` folder (config, safetensors, tokenizer) from a GGUF file.
+    `bar` (progress.Bar) advances by the GGUF's tensor bytes as they are read."""
     import mlx.core as mx
 
+    from gemma_mtp_mlx.progress import Bar
+
+    bar = bar or Bar()
     dtypes = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
     if dtype not in dtypes:
         raise ConvertError(f"dtype must be one of {', '.join(dtypes)}")
@@ -289,14 +309,27 @@ def convert_gguf(gguf_path, out_dir, dtype: str = "bfloat16", shard_bytes: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards, current, size = [], {}, 0
-    for name, w in read_tensors(gguf_path, reader):
+    for (name, w), t in zip(read_tensors(gguf_path, reader), reader.tensors, strict=True):
         arr = mx.array(w).astype(dtypes[dtype])
         if current and size + arr.nbytes > shard_bytes:
             shards.append(current)
             current, size = {}, 0
         current[name] = arr
         size += arr.nbytes
+        bar.advance(t.data.nbytes)
     shards.append(current)
+    bar.describe("writing the weights")
+    _save_shards(out, shards)
+    config["torch_dtype"] = dtype
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    bar.describe("building the tokenizer")
+    write_tokenizer(reader, out)
+    return out
+
+
+def _save_shards(out: Path, shards: list[dict]) -> None:
+    import mlx.core as mx
+
     weight_map = {}
     for i, shard in enumerate(shards):
         fname = (
@@ -309,7 +342,3 @@ def convert_gguf(gguf_path, out_dir, dtype: str = "bfloat16", shard_bytes: int =
     if len(shards) > 1:
         index = {"metadata": {}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config["torch_dtype"] = dtype
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    write_tokenizer(reader, out)
-    return out

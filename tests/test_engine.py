@@ -1,0 +1,131 @@
+"""The engine: text, token ids and statistics from a loaded pair, one Request per answer."""
+
+import pytest
+from conftest import engine, reference
+
+from gemma_mtp_mlx.engine import ContextError, Engine, Request, RequestError, stop_prefix
+from gemma_mtp_mlx.loading import DrafterLoadError, load_pair
+from gemma_mtp_mlx.sampling import SamplingParams
+
+
+def test_answers_with_and_without_drafter_agree():
+    e = engine("e2b_tiny")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    plain = e.run(ids, Request(max_tokens=30, draft="off"))
+    spec = e.run(ids, Request(max_tokens=30, draft=3))
+    assert plain.token_ids == spec.token_ids
+    assert plain.text == spec.text and plain.text
+    # (mlx-lm's streaming detokenizer drops the answer's leading space, as mlx-lm does.)
+    decoded = e.tokenizer.decode([t for t in plain.token_ids if t not in e.eos_ids])
+    assert plain.text == decoded.lstrip(" ")
+    s = spec.stats
+    assert s.generated_tokens == len(spec.token_ids) <= 30
+    assert s.prompt_tokens == len(ids)
+    assert len(s.draft_rounds) > 0 and all(r.draft_len <= 3 for r in s.draft_rounds)
+    d = s.to_dict()
+    for key in ("tokens_per_s", "ttft_s", "acceptance_rate", "per_position_acceptance",
+                "draft_lengths", "peak_memory_gb", "finish_reason"):
+        assert key in d
+    assert d["draft_rounds"] == len(d["draft_lengths"])
+    assert plain.stats.draft_rounds == [] and not plain.stats.drafting
+
+
+def test_stream_pieces_join_to_the_text():
+    e = engine("dense31b_tiny")
+    ids = e.encode("hello there", system="be brief")
+    pieces = [c.text for c in e.stream(ids, Request(max_tokens=20))]
+    assert "".join(pieces) == e.run(ids, Request(max_tokens=20)).text
+
+
+def test_stop_strings_cut_the_text():
+    e = engine("e2b_tiny")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    full = e.run(ids, Request(max_tokens=40, draft="off")).text
+    stop = full[10:13]
+    cut = e.run(ids, Request(max_tokens=40, stop=(stop,)))
+    assert cut.text == full[: full.index(stop)]
+    assert cut.stats.finish_reason == "stop"
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    e = engine("e2b_tiny")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    request = Request(max_tokens=20, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=3))
+    assert e.run(ids, request).token_ids == e.run(ids, request).token_ids
+
+
+def test_drafter_for_another_target_is_refused(tmp_path):
+    from conftest import FIXTURES
+
+    try:
+        load_pair(FIXTURES / "e2b_tiny" / "target",
+                  drafter_path=FIXTURES / "dense31b_tiny" / "drafter")
+    except DrafterLoadError as e:
+        assert "drafter" in str(e)
+    else:  # both fixtures share hidden size and vocab; the head dims must still match
+        raise AssertionError("a drafter for another target was accepted")
+
+
+def test_stop_prefix_is_held_back():
+    assert stop_prefix("hello wo", ("world",)) == 2
+    assert stop_prefix("hello", ("world",)) == 0
+    assert stop_prefix("ab", ("abc", "b")) == 2
+
+
+@pytest.mark.parametrize(
+    "request_, words",
+    [
+        (Request(max_tokens=0), "max_tokens"),
+        (Request(draft=0), "1..16"),
+        (Request(draft=17), "1..16"),
+        (Request(draft="sometimes"), "draft must be"),
+        (Request(sampling=SamplingParams(top_p=0.0)), "top-p"),
+        (Request(stop=("",)), "stop"),
+        (Request(stop=("x",) * 17), "at most 16"),
+        (Request(sampling=SamplingParams(temperature=float("nan"))), "finite"),
+        (Request(sampling=SamplingParams(temperature=1.0, seed=-1)), "seed"),
+    ],
+)
+def test_bad_requests_are_refused_in_one_line(request_, words):
+    with pytest.raises(RequestError, match=words):
+        request_.validate()
+
+
+def test_a_vanishing_temperature_is_greedy():
+    e = engine("e2b_tiny")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    tiny = Request(max_tokens=6, sampling=SamplingParams(temperature=1e-40, seed=1))
+    assert e.run(ids, tiny).token_ids == e.run(ids, Request(max_tokens=6)).token_ids
+
+
+def test_drafting_without_a_drafter_is_refused():
+    plain = engine("e2b_tiny", use_drafter=False)
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    with pytest.raises(RequestError, match="no drafter"):
+        plain.run(ids, Request(max_tokens=4, draft=2))
+    assert plain.run(ids, Request(max_tokens=4)).stats.drafting is False
+
+
+def test_the_context_limit_refuses_long_prompts_and_cuts_the_budget():
+    e = engine("e2b_tiny")
+    short = Engine(e.pair, max_context=50)
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    assert len(ids) < 45
+    with pytest.raises(ContextError, match="does not fit the context of 50 tokens"):
+        short.run(ids * 2, Request(max_tokens=4))
+    cut = short.run(ids, Request(max_tokens=100, ignore_eos=True))
+    assert cut.stats.generated_tokens == 50 - len(ids) and cut.stats.finish_reason == "length"
+    full = e.run(ids, Request(max_tokens=50 - len(ids), ignore_eos=True))
+    assert full.token_ids == cut.token_ids
+
+
+def test_a_session_carries_the_conversation():
+    e = engine("e2b_tiny")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+    session = e.new_session()
+    first = e.run(ids, Request(max_tokens=6, ignore_eos=True), session)
+    more = e.run([5, 6], Request(max_tokens=6, ignore_eos=True), session)
+    assert session.length == len(ids) + 6 + 2 + 6
+    fresh = e.run(ids + first.token_ids + [5, 6], Request(max_tokens=6, draft="off",
+                                                           ignore_eos=True))
+    assert fresh.token_ids == more.token_ids
