@@ -145,6 +145,15 @@ def kernel_boundaries(target) -> tuple[int, ...]:
     return (*extra, *KERNEL_BOUNDARIES)
 
 
+def range_margin(measured: dict[int, float], width: int) -> float | None:
+    """Calibration.margin() from one context range's discrepancies (width -> D)."""
+    if width not in measured:
+        return None
+    if measured[width] == 0:
+        return 0.0
+    return MARGIN_SAFETY * 2.0 * max(measured.values())
+
+
 @dataclass
 class Calibration:
     """What decoding needs to know about a target on this machine (see the module doc)."""
@@ -172,12 +181,7 @@ class Calibration:
         this; None where that width was not measured in this context range yet. 0 where the
         width rounds as the decode pass bit for bit; else the bound for the largest
         difference of any width in the range (pooled: 4 rows of one width are a thin sample)."""
-        measured = self.discrepancy.get(self.context_range(context), {})
-        if width not in measured:
-            return None
-        if measured[width] == 0:
-            return 0.0
-        return MARGIN_SAFETY * 2.0 * max(measured.values())
+        return range_margin(self.discrepancy.get(self.context_range(context), {}), width)
 
     def check_in_place(self, target, cache, token: int, widths) -> None:
         """Measure the discrepancy of `widths` on the live cache at its current length."""
@@ -322,43 +326,57 @@ def calibration_path(cache_dir: Path, key: dict) -> Path:
     return Path(cache_dir) / "calibration" / f"{name}-{digest}.json"
 
 
-def load_or_measure(
-    target, key: dict, cache_dir: Path | None = None, recalibrate: bool = False
-) -> Calibration:
-    """The calibration stored for `key` under `cache_dir` (default: the convert cache folder),
-    or a new measurement, saved there. A file for another key, of another format or
-    unreadable is measured anew; `recalibrate` always measures."""
+def load(key: dict, cache_dir: Path | None = None) -> Calibration | None:
+    """The calibration stored for `key` under `cache_dir` (default: the cache folder,
+    GEMMA_MTP_CACHE), or None: none stored, or a file for another key, of another format
+    or unreadable."""
     if cache_dir is None:
-        from .convert import default_cache_dir
+        from .tokenizer_cache import default_cache_dir
 
         cache_dir = default_cache_dir()
     path = calibration_path(cache_dir, key)
-    if not recalibrate and path.is_file():
-        try:
-            found = Calibration.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError, OSError):
-            found = None
-        if found is not None and found.key == key:
-            found.path = path
-            return found
+    try:
+        found = Calibration.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    if found.key != key:
+        return None
+    found.path = path
+    return found
+
+
+def load_or_measure(
+    target, key: dict, cache_dir: Path | None = None, recalibrate: bool = False
+) -> Calibration:
+    """The calibration stored for `key` (see `load`), or a new measurement, saved there;
+    `recalibrate` always measures."""
+    found = None if recalibrate else load(key, cache_dir)
+    if found is not None:
+        return found
+    if cache_dir is None:
+        from .tokenizer_cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
     calibration = measure(target)
-    calibration.key, calibration.path = key, path
+    calibration.key, calibration.path = key, calibration_path(cache_dir, key)
     calibration.save()
     return calibration
 
 
 def describe(calibration: Calibration) -> dict:
-    """The figures a front end shows (`--json`, /stats): w0, the margins by range, redo rates."""
+    """The figures a front end shows (`--json`, /stats): w0, the margins by range, redo rates.
+    (Read from copies: a server's worker may be adding to them meanwhile.)"""
+    ranges = {r: dict(m) for r, m in list(calibration.discrepancy.items())}
+    redo = {w: tuple(r) for w, r in list(calibration.redo.items())}
     return {
         "decode_width": calibration.decode_width,
-        "margins": {r: {w: calibration.margin(w, r) for w in sorted(m)}
-                    for r, m in sorted(calibration.discrepancy.items())},
-        "redo_rate": {w: round(r[0] / r[1], 4) for w, r in sorted(calibration.redo.items())
-                      if r[1]},
+        "margins": {r: {w: range_margin(m, w) for w in sorted(m)}
+                    for r, m in sorted(ranges.items())},
+        "redo_rate": {w: round(r[0] / r[1], 4) for w, r in sorted(redo.items()) if r[1]},
     }
 
 
 __all__ = [
     "Calibration", "calibration_key", "choose_decode_width", "compare_widths",
-    "in_memory", "load_or_measure", "measure", "single_token_pass",
+    "describe", "in_memory", "load", "load_or_measure", "measure", "single_token_pass",
 ]

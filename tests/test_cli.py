@@ -113,7 +113,10 @@ def test_stdin_is_appended_to_the_prompt(e2b):
 
 
 @pytest.mark.parametrize("fixture", [E2B, DENSE], ids=["e2b", "dense31b"])
-def test_json_keys_and_drafting_changes_nothing(fixture):
+def test_json_keys_and_drafting_changes_nothing(fixture, tmp_path, monkeypatch):
+    # a machine that never ran this model: what auto learns in other tests is kept with the
+    # calibration, and a drafter that never agrees is then rarely tried
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path))
     base = ["generate", "-m", fixture, "--prompt", "Write a poem about the sea", "--json"]
     base += ["--dtype", "float32", "--max-tokens", "24"]
     drafted = json.loads(run(*base).stdout)

@@ -193,12 +193,16 @@ class Tmux:
 
 
 def start_chat(tmp_path: Path, *options: str) -> Tmux:
-    """`gemma-mtp chat` on the tiny E2B pair in a detached 200x50 tmux session "chat"; the
-    shell prints CHAT-EXIT=<code> when it ends."""
+    """`gemma-mtp chat` on the tiny E2B pair in a detached 200x50 tmux session "chat", with a
+    cache folder of its own; the shell prints CHAT-EXIT=<code> when it ends."""
     tmux = Tmux(tmp_path / "tmux.sock")
     chat = shlex.join([sys.executable, "-m", "gemma_mtp_mlx", "chat", "-m", str(E2B),
                        "--dtype", "float32", *options])
-    shell = f"cd {shlex.quote(str(ROOT))} && {chat}; echo CHAT-EXIT=$?; sleep 120"
+    # its own cache folder: what auto learned in other tests (kept with the calibration)
+    # would otherwise decide whether this chat drafts at all
+    cache = shlex.quote(str(tmp_path / "cache"))
+    shell = (f"cd {shlex.quote(str(ROOT))} && GEMMA_MTP_CACHE={cache} {chat}; "
+             "echo CHAT-EXIT=$?; sleep 120")
     tmux("new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell)
     return tmux
 

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +27,20 @@ READY = re.compile(r"http://127\.0\.0\.1:(\d+)/v1")
 
 
 class Server:
-    """A `gemma-mtp serve` process on a free port, its stderr collected line by line."""
+    """A `gemma-mtp serve` process on a free port, its stderr collected line by line, with a
+    cache folder of its own (what auto learned in other tests, kept with the calibration,
+    would otherwise decide whether it drafts at all)."""
 
     def __init__(self, *args: str):
         cmd = [sys.executable, "-m", "gemma_mtp_mlx", "serve", "-m", str(E2B), "--dtype",
                "float32", "--port", "0", *args]
+        self.cache = tempfile.mkdtemp(prefix="gemma-mtp-serve-")
         # SIGINT as from a terminal: a suite started in the background (`make test &`, nohup)
         # inherits it ignored, and then Ctrl-C could not stop the server
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            env={**os.environ, "GEMMA_MTP_CACHE": self.cache})
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
         while (line := self.proc.stderr.readline()) and time.monotonic() < deadline:
@@ -65,6 +72,8 @@ class Server:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.cache, ignore_errors=True)
         return self.proc.returncode, "".join(self.lines)
 
 
