@@ -113,6 +113,23 @@ def test_chat_and_text_completions_equal_generate(server):
                 "predicted_per_second", "prompt_per_second"):
         assert key in timings
     assert timings["draft_n"] > 0 and timings["draft_rounds"] > 0
+    assert 0 <= timings["redone_rounds"] <= timings["draft_rounds"]
+    assert timings["decode_width"] >= 1
+
+
+def test_stats_counts_the_answers_and_shows_the_calibration(server):
+    before = httpx.get(server.url.replace("/v1", "/stats"), timeout=60).json()
+    reply = chat(server.client(), [{"role": "user", "content": "Count to ten"}], max_tokens=10)
+    timings = reply.model_extra["timings"]
+    after = httpx.get(server.url.replace("/v1", "/stats"), timeout=60).json()
+    assert after["requests"] == before["requests"] + 1
+    assert after["generated_tokens"] - before["generated_tokens"] == timings["predicted_n"]
+    assert after["draft_rounds"] - before["draft_rounds"] == timings["draft_rounds"]
+    assert after["redone_rounds"] - before["redone_rounds"] == timings["redone_rounds"]
+    assert after["redo_rate"] == round(after["redone_rounds"] / after["draft_rounds"], 4)
+    calibration = after["calibration"]  # measured at the first request (it drafts)
+    assert calibration["decode_width"] == timings["decode_width"]
+    assert calibration["margins"]["0"]  # the verify widths measured at the first context range
 
 
 def test_streamed_equals_whole_with_usage(server):
@@ -253,6 +270,10 @@ def test_api_key_is_enforced():
             s.client(api_key="wrong").models.list()
         r = s.post("/chat/completions", {"messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        stats = s.url.replace("/v1", "/stats")
+        assert httpx.get(stats, timeout=60).status_code == 401
+        r = httpx.get(stats, headers={"Authorization": "Bearer s3cret"}, timeout=60)
+        assert r.status_code == 200 and r.json()["requests"] == 0
         ok = chat(s.client(api_key="s3cret"), [{"role": "user", "content": "hi"}], max_tokens=3)
         assert ok.choices[0].message.content is not None
 
