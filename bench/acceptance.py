@@ -23,10 +23,14 @@ from gemma_mtp_mlx.scripted import ScriptedDrafter
 HEURISTIC, AUTO = 0, -1  # --k values that name a schedule instead of a fixed K
 
 
-def decode(target, drafter, prompt, n, k, margin, width=0):
+def decode(target, drafter, prompt, n, k, cal, width=0):
     """(tokens, decode tokens/s, rounds) for one greedy run; k: K, HEURISTIC or AUTO;
-    width: pad verify passes to this many rows (0: K+1)."""
-    dec = Decoder(target, drafter, greedy_margin=margin, verify_width=width)
+    width: pad verify passes to this many rows (0: K+1); cal: the product's calibration
+    (decode width, guard), or None: 1-row decode passes and no guard (margin 0)."""
+    if cal is None:
+        dec = Decoder(target, drafter, greedy_margin=0.0, verify_width=width, decode_width=1)
+    else:
+        dec = Decoder(target, drafter, verify_width=width, calibration=cal)
     spec = {HEURISTIC: "heuristic", AUTO: "auto"}.get(k, k)
     tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n,
                                              make_schedule(spec, drafter is not None))
@@ -51,7 +55,8 @@ def main(argv=None):
                    help="verify pass widths to compare: pad each verify pass to this many rows "
                         "(GPUs with slow small-M matmuls); 0 = K+1")
     p.add_argument("--calibrate", action="store_true",
-                   help="use the product's calibrated greedy margin (default 0: no redo rows)")
+                   help="use the product's calibration: decode width and greedy guard "
+                        "(default: 1-row decode passes, margin 0, no redo rows)")
     args = p.parse_args(argv)
     C.setup(args)
     dtype = C.compute_dtype(args.dtype)
@@ -60,11 +65,11 @@ def main(argv=None):
         real = C.drafter_for(family, bits, dtype)
         name = f"{C.label(family, bits, layers)}, {args.dtype}"
         prompt = C.prompt_tokens(args.prompt)
-        margin = 0.0
+        cal = None
         if args.calibrate:
-            from gemma_mtp_mlx.decoding import calibrate_margin
-            margin = calibrate_margin(target, prompt)
-        plain, _, _ = decode(target, None, prompt, args.tokens, 0, margin)
+            from gemma_mtp_mlx.calibration import measure
+            cal = measure(target)
+        plain, _, _ = decode(target, None, prompt, args.tokens, 0, cal)
         cont = plain  # the token at absolute position len(prompt) + i
         # Pass costs at the decoding context.
         cache = C.fill_cache(target, args.prompt + args.tokens // 2)
@@ -77,19 +82,21 @@ def main(argv=None):
             speeds = {"plain": []}
             info = {}
             for run in range(args.runs):  # alternate configurations within each run
-                _, tps, _ = decode(target, None, prompt, args.tokens, 0, margin)
+                _, tps, _ = decode(target, None, prompt, args.tokens, 0, cal)
                 speeds["plain"].append(tps)
                 for k in args.k:
                     for width in args.verify_width if k > 0 else [0]:
                         sd = ScriptedDrafter(real, cont, len(prompt), alpha, seed=run)
-                        toks, tps, rounds = decode(target, sd, prompt, args.tokens, k, margin,
+                        toks, tps, rounds = decode(target, sd, prompt, args.tokens, k, cal,
                                                    width=width)
                         drafted = sum(r.draft_len for r in rounds)
                         acc = sum(r.accepted for r in rounds) / max(drafted, 1)
+                        redo = sum(r.redone for r in rounds) / max(len(rounds), 1)
                         tpr = sum(r.emitted for r in rounds) / max(len(rounds), 1)
                         mean_k = drafted / max(len(rounds), 1)
                         speeds.setdefault((k, width), []).append(tps)
-                        info.setdefault((k, width), []).append((acc, tpr, toks == plain, mean_k))
+                        info.setdefault((k, width), []).append(
+                            (acc, tpr, toks == plain, mean_k, redo))
             base = C.median(speeds["plain"])
             for (k, width), runs in info.items():
                 acc = C.median(r[0] for r in runs)
@@ -108,23 +115,27 @@ def main(argv=None):
                     ideal_s, share = "—", "—"
                     k_s = ("heur." if k == HEURISTIC else "auto") + \
                         f" (mean K {C.median(r[3] for r in runs):.1f})"
-                rows.append([name, alpha, k_s, C.fmt(acc), C.fmt(tpr),
+                redo = C.median(r[4] for r in runs)
+                rows.append([name, alpha, k_s, C.fmt(acc), C.fmt(tpr), C.fmt(redo),
                              C.fmt(C.median(speeds[k, width])), C.fmt(base), C.fmt(meas),
                              ideal_s, share, "yes" if lossless else "NO"])
                 print(rows[-1], flush=True)
         costs = ", ".join(f"t_verify({w})={t * 1e3:.0f} ms" for w, t in t_ver.items())
         rows.append([name, "costs", f"t_draft={t_draft * 1e3:.1f} ms, {costs}",
-                     "", "", "", "", "", "", "", ""])
+                     "", "", "", "", "", "", "", "", ""])
         C.free(target, real)
         del target, real
         C.free()
     body = C.table(["model (random weights)", "α", "K", "accept rate", "tokens/round",
+                    "redone rounds",
                     "tok/s", "no-draft tok/s", "speedup", "ideal (at measured tok/round)",
                     "measured / ideal at measured tok/round",
                     "= plain"], rows)
+    guard = (f"the product's calibration (decode width {cal.decode_width}, calibrated margin)"
+             if args.calibrate else "1-row decode passes and margin 0 (no redo rows)")
     notes = (f"Prompt {args.prompt} random tokens, {args.tokens} new tokens, {args.runs} runs "
-             "alternated (plain, then each K), medians. Greedy; the greedy redo margin is "
-             f"{'calibrated' if args.calibrate else '0 (no redo rows)'}. `ideal` uses "
+             "alternated (plain, then each K), medians. Greedy, with "
+             f"{guard}. `ideal` uses "
              "t_decode(1)=t_verify(1), t_verify(K+1) and t_draft measured at the decoding "
              "context in the same process; in brackets the same with the measured tokens/round "
              "(short runs end rounds early), which isolates the loop overhead. `= plain`: "

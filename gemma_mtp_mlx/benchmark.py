@@ -47,10 +47,10 @@ def first_difference(a: list[int], b: list[int]) -> int:
 
 
 
-COLUMNS = ("prompt", "mode", "tokens", "tok/s", "speedup", "acceptance", "acc/round", "TTFT s",
-           "peak GB", "same output")
+COLUMNS = ("prompt", "mode", "tokens", "tok/s", "speedup", "acceptance", "acc/round", "redone",
+           "TTFT s", "peak GB", "same output")
 # nothing to compare without a drafter
-DRAFTER_COLUMNS = ("speedup", "acceptance", "acc/round", "same output")
+DRAFTER_COLUMNS = ("speedup", "acceptance", "acc/round", "redone", "same output")
 
 
 def bench_table(rows: list[dict], texts: list[str], model: str, runs: int,
@@ -93,6 +93,7 @@ def _cells(r: dict, label: str) -> list[str]:
         "1.00x" if plain else f"{r['speedup']:.2f}x",
         "" if plain else f"{100 * r['acceptance_rate']:.0f}%" if measured else "–",
         "" if plain else f"{r['mean_accepted_per_round']:.2f}" if measured else "–",
+        "" if plain else f"{100 * r['redo_rate']:.0f}%" if measured else "–",
         f"{r['ttft_s']:.3f}",
         f"{r['peak_memory_gb']:.2f}",
         "yes" if r["identical"] else "[bold red]NO[/]",
@@ -157,6 +158,7 @@ def run_bench(engine, texts, max_tokens, runs, num_draft):
                     "speedup": round(speed / base_speed, 3) if base_speed else 0.0,
                     "acceptance_rate": _round(med("acceptance_rate"), 4),
                     "mean_accepted_per_round": _round(med("mean_accepted_per_round"), 3),
+                    "redo_rate": _round(med("redo_rate"), 4),
                     "ttft_s": round(med("ttft_s"), 4),
                     "peak_memory_gb": round(max(d["peak_memory_gb"] for _, d in results), 3),
                     "identical": all(r.token_ids == reference for r, _ in results),

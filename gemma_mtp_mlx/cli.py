@@ -34,6 +34,7 @@ from .cli_options import (
     ModelOpt,
     NoDraftOpt,
     NumDraftOpt,
+    RecalibrateOpt,
     Schedule,
     ScheduleOpt,
     SeedOpt,
@@ -73,10 +74,11 @@ def _main() -> None:
 
 # -- options shared by the commands: straight into one ModelSpec and one Request ----------------
 def model_spec(model: str, drafter: Path | None, no_draft: bool, dtype: DType | None,
-               max_context: int | None = None) -> ModelSpec:
+               max_context: int | None = None, recalibrate: bool = False) -> ModelSpec:
     if no_draft and drafter is not None:
         fail("--drafter and --no-draft exclude each other", 2)
-    return ModelSpec(model, drafter, no_draft, dtype.value if dtype else None, max_context)
+    return ModelSpec(model, drafter, no_draft, dtype.value if dtype else None, max_context,
+                     recalibrate=recalibrate)
 
 
 def draft_policy(no_draft: bool, num_draft: int | None, schedule: Schedule | None):
@@ -183,6 +185,7 @@ def generate(
     ] = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
+    recalibrate: RecalibrateOpt = False,
     max_context: MaxContextOpt = None,
     stop: Annotated[
         list[str] | None,
@@ -194,7 +197,7 @@ def generate(
     sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     request = make_request(max_tokens, sampling=sampling, stop=stop, ignore_eos=ignore_eos,
                            draft=draft_policy(no_draft, num_draft, draft_schedule))
-    spec = model_spec(model, drafter, no_draft, dtype, max_context)
+    spec = model_spec(model, drafter, no_draft, dtype, max_context, recalibrate)
     if raw and system:
         fail("--system needs the chat template (drop --raw)", 2)
     text = read_prompt(prompt)
@@ -268,6 +271,7 @@ def chat(
     ignore_eos: IgnoreEosOpt = False,
     drafter: DrafterOpt = None,
     dtype: DTypeOpt = None,
+    recalibrate: RecalibrateOpt = False,
     max_context: MaxContextOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -277,7 +281,7 @@ def chat(
     sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     request = make_request(max_tokens, sampling=sampling, ignore_eos=ignore_eos,
                            draft=draft_policy(no_draft, num_draft, draft_schedule))
-    engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context))
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context, recalibrate))
     check_drafting(engine, request)
     if not engine.has_chat_template:
         fail("this model has no chat template (use `gemma-mtp generate --raw`)")
@@ -319,13 +323,15 @@ def bench(
     drafter: DrafterOpt = None,
     no_draft: NoDraftOpt = False,
     dtype: DTypeOpt = None,
+    recalibrate: RecalibrateOpt = False,
 ) -> None:
     """Greedy decoding with and without the drafter: speed, acceptance, and identical outputs."""
     for k in num_draft or ():
         draft_policy(False, k, None)
     texts = load_prompts(prompts)
-    engine = load_engine(model_spec(model, drafter, no_draft, dtype))
+    engine = load_engine(model_spec(model, drafter, no_draft, dtype, recalibrate=recalibrate))
     rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
+    from .calibration import describe
 
     if json_out:
         out = {
@@ -337,6 +343,7 @@ def bench(
             "identical": not mismatches,
             "mismatches": mismatches,
             "rows": rows,
+            "calibration": describe(engine.calibration) if engine.calibration else None,
         }
         sys.stdout.write(json.dumps(out) + "\n")
     else:
@@ -387,6 +394,7 @@ def serve(
                             help="Memory for recent conversations' caches (prefix reuse).")
     ] = 2.0,
     dtype: DTypeOpt = None,
+    recalibrate: RecalibrateOpt = False,
     max_context: MaxContextOpt = None,
 ) -> None:
     """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
@@ -394,7 +402,7 @@ def serve(
 
     default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule))
     cache_bytes = int(cache_gb * 1e9)  # counted in the memory check
-    spec = replace(model_spec(model, drafter, no_draft, dtype, max_context),
+    spec = replace(model_spec(model, drafter, no_draft, dtype, max_context, recalibrate),
                    reserved_bytes=cache_bytes)
     from .server import ServerConfig, listen
     from .server import serve as run_server

@@ -81,6 +81,11 @@ SystemOpt = Annotated[
     str | None,
     typer.Option("--system", "-s", help="System prompt (Gemma folds it into the first turn)."),
 ]
+RecalibrateOpt = Annotated[
+    bool,
+    typer.Option("--recalibrate", help="Measure this machine's kernels for the model anew "
+                 "(decode width, guard margins; kept under the cache folder once measured)."),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option("--verbose", "-v", help="Also say where the time before the first token went."),

@@ -3,6 +3,13 @@
 Invariant between rounds: the target's cache holds every token of the
 conversation except the last one emitted (`pending`), whose post-norm hidden
 state from the row that produced it is the drafter's carry seed.
+
+Every single-token target pass (plain decoding, a K = 0 round, the row a redo
+recomputes) runs at the calibrated decode width w0, so that plain decoding and the
+verify take the same kernels wherever the backend allows (calibration.py). Where
+they may still round differently, greedy redoes a row whose top-2 margin is below
+the calibrated margin on the single-token path, which is plain decoding itself.
+(A prompt's prefill is one and the same pass with or without the drafter.)
 """
 
 from __future__ import annotations
@@ -13,102 +20,15 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from . import cpu_blas
+from . import calibration as calib
+from .calibration import SCHEDULE_WIDTHS, Calibration, single_token_pass
 from .models.cache import cache_offset, rollback
 from .sampling import SamplingParams, probabilities, sample, speculative_accept, top2_margin
-from .schedule import MAX_DRAFT, AutoSchedule, DraftSchedule
+from .schedule import MAX_DRAFT, AutoSchedule, DraftSchedule, ScheduleMemory, make_schedule
 
 __all__ = ["AutoSchedule", "Decoder", "DraftSchedule", "Event", "RoundInfo", "Session"]
 
 PREFILL_CHUNK = 512
-
-# A block verify (1 x K+1) may round differently from K+1 single steps (on
-# Metal, gemm and gemv sum in different orders). Where a row's top-2 margin is
-# below SAFETY x the worst block-vs-single logit difference measured on this
-# model and backend, greedy redoes that row on the single-token path, which is
-# plain decoding itself. Where the backend is batch-invariant the measured
-# difference is 0 and nothing is redone.
-MARGIN_SAFETY = 8.0
-CALIBRATION_WIDTHS = (2, 4, 9, MAX_DRAFT + 1)
-
-
-def repeat_to(tokens: list[int], n: int) -> list[int]:
-    """`tokens` repeated and cut to n tokens (a scratch sequence for the one-off probes)."""
-    return (list(tokens) * (n // max(len(tokens), 1) + 1))[:n]
-
-
-def calibrate_margin(target, tokens: list[int]) -> float:
-    """SAFETY x the largest |block verify - single step| logit difference seen.
-
-    Cheap: the first 2 rows of blocks of each width are compared with 2 single
-    steps of the same tokens at the same positions. Measured once per model
-    (cached on the target).
-    """
-    cached = getattr(target, "greedy_margin", None)
-    if cached is not None:
-        return cached
-    seq = repeat_to(tokens, 8 + max(CALIBRATION_WIDTHS))
-    cache = target.make_cache(max_rollback=MAX_DRAFT + 1)
-    target(mx.array(seq[:8], dtype=mx.uint32)[None], cache)
-    rows = min(CALIBRATION_WIDTHS)
-    single = [target(mx.array([[t]], dtype=mx.uint32), cache)[0][0, -1] for t in seq[8 : 8 + rows]]
-    single = mx.stack(single).astype(mx.float32)
-    rollback(cache, rows)
-    worst = 0.0
-    for w in CALIBRATION_WIDTHS:
-        block = target(mx.array(seq[8 : 8 + w], dtype=mx.uint32)[None], cache)[0][0, :rows]
-        rollback(cache, w)
-        worst = max(worst, mx.abs(block.astype(mx.float32) - single).max().item())
-    target.greedy_margin = MARGIN_SAFETY * worst
-    return target.greedy_margin
-
-
-# A verify of n rows may run faster padded to more rows: small-M quantized matmuls
-# are slow on some GPU backends (MLX CUDA, H100, 31B 4-bit: 5 rows 104 ms, 8 rows
-# 62 ms, 1 row 39 ms), and OpenBLAS on the CPU likes 8 rows (Gemma 3 270M float32:
-# 5 rows 152 ms, 8 rows 117 ms). With verify_width="auto" the decoder times one
-# target forward of each width once per model (not with the CPU wheel's reference
-# BLAS, whose cost grows linearly with rows, so padding never pays there) and pads
-# each verify to the cheapest width >= its size when that is clearly cheaper. Padding is lossless:
-# later rows cannot change earlier ones, and they are rolled back with the rejects.
-WIDTH_GAIN = 0.9  # pad only when the wider pass costs < 90 % of the exact one
-
-
-def plan_verify_widths(costs: dict[int, float], gain: float = WIDTH_GAIN) -> dict[int, int]:
-    """For each verify size n in `costs` (seconds per forward of n rows), the width to
-    run it at: the cheapest measured width >= n if it costs < gain x cost(n), else n."""
-    plan = {}
-    for n in sorted(costs):
-        best = min((w for w in costs if w >= n), key=lambda w: (costs[w], w))
-        plan[n] = best if costs[best] < gain * costs[n] else n
-    return plan
-
-
-MEASURED_WIDTHS = (*range(2, 10), 12, 16, MAX_DRAFT + 1)  # K <= 8 is the common case
-
-
-def measure_verify_widths(target, tokens: list[int], reps: int = 2) -> dict[int, float]:
-    """Median seconds of one target forward of each of MEASURED_WIDTHS rows after a
-    64-token context (cached on the target: a one-off ~3 forwards per width)."""
-    cached = getattr(target, "verify_costs", None)
-    if cached is not None:
-        return cached
-    seq = repeat_to(tokens, 64 + max(MEASURED_WIDTHS))
-    cache = target.make_cache(max_rollback=MAX_DRAFT + 1)
-    mx.eval(target.hidden(mx.array(seq[:64], dtype=mx.uint32)[None], cache))
-    costs = {}
-    for w in MEASURED_WIDTHS:
-        ids = mx.array(seq[64 : 64 + w], dtype=mx.uint32)[None]
-        times = []
-        for r in range(reps + 1):  # the first compiles kernels for this shape
-            t = time.perf_counter()
-            mx.eval(target(ids, cache))
-            rollback(cache, w)
-            if r:
-                times.append(time.perf_counter() - t)
-        costs[w] = sorted(times)[len(times) // 2]
-    target.verify_costs = costs
-    return costs
 
 
 @dataclass
@@ -148,6 +68,16 @@ class Session:
 
 
 class Decoder:
+    """Decodes for one target (and drafter) with fixed sampling settings.
+
+    `calibration`: the target's measured decode width, margins and width costs (see
+    calibration.py); None measures it on first use and keeps it for this process.
+    `schedule_memory`: what the auto schedule learned before (see `schedule()`).
+    Test and benchmark overrides: `greedy_margin` (a fixed margin for every row; 0 turns
+    the guard off), `verify_width` (an int: pad every verify to at least that many rows),
+    `decode_width` (a fixed w0).
+    """
+
     def __init__(
         self,
         target,
@@ -155,18 +85,24 @@ class Decoder:
         sampling: SamplingParams | None = None,
         greedy_margin: float | None = None,
         verify_width: int | str = "auto",
+        calibration: Calibration | None = None,
+        schedule_memory: ScheduleMemory | None = None,
+        decode_width: int | None = None,
     ):
         self.target = target
         self.drafter = drafter
         self.sampling = sampling or SamplingParams()
         self.sampling.validate()
-        self.margin = greedy_margin  # measured on first use when None
+        self.calibration = calibration
+        self.schedule_memory = schedule_memory if schedule_memory is not None else ScheduleMemory()
+        self.forced_margin = greedy_margin
+        self.forced_decode_width = decode_width
         self._ahead = None  # a queued plain step: (token, hidden)
+        self._checking = 0.0  # seconds of this round spent re-checking the calibration
+        self._plain_run = False  # the last round was a plain step
         if verify_width != "auto" and not 0 <= int(verify_width) <= MAX_DRAFT + 1:
             raise ValueError(f"verify width must be 'auto' or in 0..{MAX_DRAFT + 1}")
-        # An int: pad verify passes to at least this many rows; "auto": measured per width.
         self.verify_width = verify_width
-        self.width_plan: dict[int, int] = {}
         seed = self.sampling.seed if self.sampling.seed is not None else time.time_ns() % 2**31
         self.key = mx.random.key(seed)
 
@@ -180,9 +116,21 @@ class Decoder:
             return mx.argmax(logits, axis=-1)
         return sample(probabilities(logits, self.sampling), self._key())
 
+    @property
+    def decode_width(self) -> int:
+        if self.forced_decode_width:
+            return self.forced_decode_width
+        return self.calibration.decode_width if self.calibration is not None else 1
+
+    def schedule(self, spec: str | int | None = None, seeded: bool = False):
+        """A draft schedule (schedule.make_schedule) learning into this decoder's memory."""
+        return make_schedule(spec, self.drafter is not None, seeded, self.schedule_memory)
+
     # -- one forward of the target -------------------------------------------------
     def step(self, session: Session, tokens: list[int]) -> tuple[mx.array, mx.array]:
         """Feed tokens, return (last-row logits [V], last-row hidden [1, 1, H])."""
+        if len(tokens) == 1:
+            return self.single(session, tokens[0])
         while len(tokens) > PREFILL_CHUNK:  # long prompts in chunks, bounded memory
             chunk = mx.array(tokens[:PREFILL_CHUNK], dtype=mx.uint32)[None]
             self.target.hidden(chunk, session.cache)
@@ -191,6 +139,10 @@ class Decoder:
         ids = mx.array(tokens, dtype=mx.uint32)[None]
         hidden = self.target.hidden(ids, session.cache)[:, -1:]
         return self.target.logits(hidden)[0, -1], hidden
+
+    def single(self, session: Session, token) -> tuple[mx.array, mx.array]:
+        """Plain decoding's single-token pass, at the decode width."""
+        return single_token_pass(self.target, session.cache, token, self.decode_width)
 
     # -- the speculative round: draft, verify, accept, roll back ------------------------
     def draft(self, session: Session, k: int) -> tuple[list[mx.array], list[mx.array]]:
@@ -210,20 +162,27 @@ class Decoder:
             drafts.append(token.reshape(1))
         return drafts, dists
 
-    def speculative_round(self, session: Session, k: int) -> tuple[list[int], int, bool]:
-        """Draft k tokens, verify them in one target pass, keep the agreeing prefix plus
-        the target's own next token, and roll the cache back past the rest.
+    def verify(self, session: Session, inputs: mx.array, fed: int):
+        """One target pass over the pending token and the drafts, padded to `fed` rows
+        (later rows cannot change earlier ones, and are rolled back with the rejected
+        drafts). Returns (logits of the real rows [k+1, V], hidden [1, fed, H])."""
+        rows = inputs.shape[0]
+        padded = mx.pad(inputs, (0, fed - rows)) if fed > rows else inputs
+        logits, hidden = self.target(padded[None], session.cache)
+        return logits[0, :rows], hidden
+
+    def speculative_round(self, session: Session, k: int, fed: int, margin: float):
+        """Draft k tokens, verify them in one target pass of `fed` rows, keep the agreeing
+        prefix plus the target's own next token, and roll the cache back past the rest.
         Returns (new tokens, drafts accepted, whether a row was redone)."""
         drafts, q = self.draft(session, k)
         inputs = mx.concatenate([mx.array([session.pending], dtype=mx.uint32), *drafts])
-        # Optionally pad the verify to a width the hardware runs faster (rows after k+1
-        # cannot change earlier ones, and are rolled back with the rejected drafts).
-        fed = self.width(k + 1)
-        padded = mx.pad(inputs, (0, fed - k - 1)) if fed > k + 1 else inputs
-        logits, hidden = self.target(padded[None], session.cache)  # verify: k+1 rows at once
-        logits, drafts = logits[0, : k + 1], inputs[1:]
+        logits, hidden = self.verify(session, inputs, fed)
+        drafts = inputs[1:]
         if self.sampling.greedy:
-            accepted, next_token, unsure = self.accept_greedy(logits, drafts)
+            accepted, next_token, unsure = self.accept_greedy(logits, drafts, margin)
+            if margin > 0 and self.forced_margin is None:
+                self.calibration.record(fed, unsure is not None)
             if unsure is not None:
                 return self.redo_from(session, inputs, unsure, fed)
         else:
@@ -232,16 +191,16 @@ class Decoder:
         session.carry = hidden[:, accepted : accepted + 1]
         return drafts[:accepted].tolist() + [next_token], accepted, False
 
-    def accept_greedy(self, logits, drafts) -> tuple[int, int, int | None]:
+    def accept_greedy(self, logits, drafts, margin: float) -> tuple[int, int, int | None]:
         """Longest prefix of drafts equal to the target's argmax, then the target's token.
-        Also the first used row whose top-2 margin is too thin to trust the block verify.
-        Everything is decided on the device and read back in one transfer."""
+        Also the first used row whose top-2 margin is below `margin` (too thin to trust
+        the verify). Everything is decided on the device and read back in one transfer."""
         choice = mx.argmax(logits, axis=-1).astype(mx.int32)
         n = mx.cumprod((choice[:-1] == drafts).astype(mx.int32)).sum()
         unsure = mx.array(-1)
-        if self.margin > 0:  # 0 where the backend is batch-invariant: nothing to check
+        if margin > 0:  # 0 where verify and single-token pass agree: nothing to check
             rows = mx.arange(logits.shape[0])
-            thin = (top2_margin(logits) < self.margin) & (rows <= n)
+            thin = (top2_margin(logits) < margin) & (rows <= n)
             unsure = mx.where(thin.any(), mx.argmax(thin).astype(mx.int32), -1)
         n, token, unsure = mx.stack([n, choice[n], unsure]).tolist()
         return n, token, (unsure if unsure >= 0 else None)
@@ -258,8 +217,45 @@ class Decoder:
         decoding itself), so a near-tie resolves exactly as without the drafter.
         Returns what speculative_round returns."""
         rollback(session.cache, fed - row)
-        logits, session.carry = self.step(session, [inputs[row].item()])
+        logits, session.carry = self.single(session, inputs[row])
         return inputs[1 : row + 1].tolist() + [mx.argmax(logits).item()], row, True
+
+    # -- planning a round: width and guard ----------------------------------------------
+    def prepare(self, tokens: Iterable[int] = ()) -> None:
+        """One-off work before the first token: the calibration, measured on first use
+        unless given (or unless every figure it gives is fixed by an override)."""
+        fixed = self.forced_decode_width and (
+            self.drafter is None or (self.forced_margin is not None and self.verify_width != "auto")
+        )
+        if self.calibration is None and not fixed:
+            self.calibration = calib.in_memory(self.target)
+
+    def width(self, rows: int, context: int = 0) -> int:
+        """How many rows to feed for a verify of `rows` (padding included)."""
+        if self.verify_width != "auto":
+            return max(rows, self.verify_width)
+        if self.calibration is None:
+            return rows
+        return self.calibration.fed_width(rows, context, guarded=self.sampling.greedy)
+
+    def plan_round(self, session: Session, k: int) -> tuple[int, float] | None:
+        """(rows to feed, greedy margin) for a round drafting k; None: take a plain step
+        instead, because the round's passes would straddle a kernel boundary. A context
+        range not measured yet is measured first, in place on the live cache."""
+        at = cache_offset(session.cache)
+        fed = self.width(k + 1, at)
+        if not self.sampling.greedy or self.forced_margin is not None:
+            return fed, self.forced_margin or 0.0
+        cal = self.calibration
+        if cal.spans_boundary(at, at + fed + self.decode_width):
+            return None
+        if cal.margin(fed, at) is None:
+            t = time.perf_counter()
+            in_use = {k + 1, fed} | {self.width(n, at) for n in SCHEDULE_WIDTHS}
+            cal.check_in_place(self.target, session.cache, session.pending, sorted(in_use))
+            fed = self.width(k + 1, at)  # the plan may change with what was measured
+            self._checking += time.perf_counter() - t
+        return fed, cal.margin(fed, at)
 
     # -- the loop -------------------------------------------------------------------
     def generate(
@@ -277,29 +273,13 @@ class Decoder:
         if not tokens:
             raise ValueError("empty prompt")
         self.prepare(tokens)
-        self._ahead = None
+        self._ahead, self._plain_run = None, False
         try:
             yield from self._generate(session, tokens, max_tokens, schedule, eos)
         finally:  # also when the consumer stops early (Ctrl-C, a closed pipe)
             rollback(session.cache, self._drop_ahead())
-
-    def prepare(self, tokens: list[int]) -> None:
-        """One-off work before the first token: measure the greedy safety margin and,
-        with verify_width="auto" where rows are not linear in cost, each verify width's cost."""
-        if self.margin is None and self.drafter is not None and self.sampling.greedy:
-            self.margin = calibrate_margin(self.target, tokens or [0])
-        if self.verify_width == "auto" and self.drafter is not None and not self.width_plan:
-            # Costs already known (measured, or given by a test) are used on any device.
-            known = getattr(self.target, "verify_costs", None) is not None
-            if known or mx.default_device() != mx.cpu or cpu_blas.rows_nearly_free():
-                costs = measure_verify_widths(self.target, tokens or [0])
-                self.width_plan = plan_verify_widths(costs)
-
-    def width(self, rows: int) -> int:
-        """How many rows to feed for a verify of `rows` (padding included)."""
-        if self.verify_width == "auto":
-            return self.width_plan.get(rows, rows)
-        return max(rows, self.verify_width)
+            if self.calibration is not None:
+                self.calibration.save()  # what was learned (a no-op when kept in memory)
 
     def _generate(self, session, tokens, max_tokens, schedule, eos) -> Iterator[Event]:
         t0 = time.perf_counter()
@@ -310,14 +290,9 @@ class Decoder:
         done = self._finish(first, generated, max_tokens, eos)
         yield Event([first], None, len(tokens), time.perf_counter() - t0, done)
         while not done:
-            t = time.perf_counter()
-            k = min(schedule.next() if self.drafter is not None else 0, max_tokens - generated - 1)
-            if k > 0:
-                new, accepted, redone = self.speculative_round(session, k)
-            else:
-                ahead = self.drafter is None and generated + 1 < max_tokens
-                new, accepted, redone = [self.plain_step(session, ahead)], 0, False
-            schedule.update(k, accepted, time.perf_counter() - t)
+            t, self._checking = time.perf_counter(), 0.0
+            new, k, accepted, redone = self._round(session, schedule, max_tokens - generated)
+            schedule.update(k, accepted, time.perf_counter() - t - self._checking)  # not the check
             kept = new
             for i, tok in enumerate(new):  # stop at the first EOS or the token budget
                 generated += 1
@@ -332,19 +307,37 @@ class Decoder:
             info = RoundInfo(k, accepted, len(kept), time.perf_counter() - t, redone)
             yield Event(kept, info, finish_reason=done)
 
+    def _round(self, session, schedule, budget: int) -> tuple[list[int], int, int, bool]:
+        """One round: speculative when the schedule drafts and the round may run here, else a
+        plain step. Returns (new tokens, k drafted, accepted, redone)."""
+        k = min(schedule.next() if self.drafter is not None else 0, budget - 1)
+        plan = None
+        if k > 0:
+            rollback(session.cache, self._drop_ahead())  # a queued plain step is not wanted
+            plan = self.plan_round(session, k)
+        if plan is None:
+            # Queue the next step ahead only within a run of plain steps: queued by the first
+            # after a drafting round, it would cost that round two passes, and a lone K = 0
+            # probe (which auto learns from) must cost what a plain step costs.
+            ahead = budget > 1 and (self.drafter is None or self._plain_run)
+            self._plain_run = True
+            return [self.plain_step(session, run_ahead=ahead)], 0, 0, False
+        self._plain_run = False
+        new, accepted, redone = self.speculative_round(session, k, *plan)
+        return new, k, accepted, redone
+
     def plain_step(self, session: Session, run_ahead: bool) -> int:
         """One step of plain decoding. With `run_ahead` the next step is queued before
         this token is read, as mlx-lm does, so the device never waits for Python to
         build the next graph; the cache then already holds the returned token."""
         if self._ahead is None:
-            pending = mx.array([[session.pending]], dtype=mx.uint32)
-            logits, hidden = self.target(pending, session.cache)
-            token = self.pick(logits[0, -1])
+            logits, hidden = self.single(session, session.pending)
+            token = self.pick(logits)
         else:
             (token, hidden), self._ahead = self._ahead, None
         if run_ahead:
-            logits, ahead_hidden = self.target(token.reshape(1, 1), session.cache)
-            self._ahead = (self.pick(logits[0, -1]), ahead_hidden)
+            logits, ahead_hidden = self.single(session, token)
+            self._ahead = (self.pick(logits), ahead_hidden)
             mx.async_eval(self._ahead)
         session.carry = hidden
         return token.item()

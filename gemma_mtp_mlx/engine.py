@@ -6,7 +6,10 @@
         print(piece.text, end="")
 
 - `Engine`: what is loaded once: target, drafter, tokenizer, end-of-sequence ids, the
-  context limit and the one-off measurements the decoder needs.
+  context limit and the one-off measurements the decoder needs: the target's calibration on
+  this machine (calibration.py: decode width, guard margins, verify widths), which also
+  keeps what the auto schedule learned (schedule.ScheduleMemory), stored under the cache
+  folder so that chat turns, server requests and later runs go on from it.
 - `Request`: what one answer needs, checked once: token budget, sampling, draft policy,
   stop strings. Nothing else decides these, so a front-end cannot pass two that disagree.
 - `Session` (decoding.py): one conversation's cache, kept across turns (chat, the
@@ -20,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from .request import ContextError, ModelSpec, Request, RequestError, SamplingParams
 
@@ -44,7 +48,8 @@ class Result:
 class Engine:
     """A loaded model pair and everything one answer needs besides its request."""
 
-    def __init__(self, pair, max_context: int | None = None, progress: bool = False):
+    def __init__(self, pair, max_context: int | None = None, progress: bool = False,
+                 recalibrate: bool = False):
         self.pair = pair
         self.target = pair.target
         self.drafter = pair.drafter
@@ -56,6 +61,9 @@ class Engine:
         # seconds per phase until the first token can be computed (calibration is added by
         # the first request that drafts)
         self.load_times: dict[str, float] = dict(getattr(pair, "load_times", {}))
+        self.recalibrate = recalibrate  # measure anew at the first request, ignoring the file
+        self.calibration = None  # calibration.Calibration, at the first request (calibrated())
+        self._calibrated = False
 
     @classmethod
     def load(cls, spec: ModelSpec, progress: bool | None = None) -> Engine:
@@ -66,7 +74,7 @@ class Engine:
 
         progress = is_terminal(sys.stderr) if progress is None else progress
         pair, max_context = load_model(spec, progress)
-        return cls(pair, max_context, progress)
+        return cls(pair, max_context, progress, spec.recalibrate)
 
     @property
     def load_seconds(self) -> float:
@@ -120,20 +128,48 @@ class Engine:
 
         return Session(self.target)
 
-    def decoder(self, request: Request, prompt_ids: list[int]):
-        """A Decoder for one request, its one-off measurements done (outside any clock;
-        the first request's prompt is their scratch text)."""
-        from .decoding import Decoder
+    def calibrated(self):
+        """The target's calibration (calibration.Calibration), obtained at the first request:
+        with a drafter, the one stored under the cache folder or, when there is none (or
+        `recalibrate`), measured (a spinner meanwhile; the time is the load phase
+        "calibration") and stored. Plain requests of such an engine use it too, so that they
+        decode as its drafted ones. Without a drafter nothing is measured: a stored
+        calibration's decode width if there is one, else None (1-row passes)."""
+        from . import calibration as calib
         from .progress import spinner
 
-        drafter = self.drafter if request.drafts else None
-        decoder = Decoder(self.target, drafter, request.sampling)
-        first = drafter is not None and "calibration" not in self.load_times
+        if self._calibrated:
+            return self.calibration
+        measures = self.drafting or self.recalibrate
         start = time.perf_counter()
-        with spinner(self.progress and first, "measuring this machine's kernels (once)"):
-            decoder.prepare(prompt_ids)
-        if first:
+        if self.path is None:  # nothing to key a stored one by: this process only
+            found = calib.in_memory(self.target) if measures else None
+        else:
+            key = calib.calibration_key(self.target, str(Path(self.path).resolve()))
+            found = None if self.recalibrate else calib.load(key)
+            if found is None and measures:
+                with spinner(self.progress, "measuring this machine's kernels (once)"):
+                    found = calib.load_or_measure(self.target, key, recalibrate=True)
+        if measures:
             self.load_times["calibration"] = time.perf_counter() - start
+        self.calibration, self._calibrated = found, True
+        return found
+
+    def decoder(self, request: Request, prompt_ids: list[int]):
+        """A Decoder for one request, given the engine's calibration and, when it drafts,
+        what auto learned before with this drafter (greedy and sampled apart)."""
+        from .decoding import Decoder
+
+        drafter = self.drafter if request.drafts else None
+        calibration = self.calibrated()
+        memory = None
+        if calibration is not None and drafter is not None:
+            memory = calibration.schedule_memory(self.drafter_name or "",
+                                                 request.sampling.greedy)
+        decoder = Decoder(self.target, drafter, request.sampling, calibration=calibration,
+                          schedule_memory=memory,
+                          decode_width=None if calibration is not None else 1)
+        decoder.prepare(prompt_ids)  # nothing left to measure: the calibration is given
         return decoder
 
     def check_context(self, session, prompt_ids: list[int]) -> None:
@@ -148,34 +184,33 @@ class Engine:
     def stream(self, prompt_ids: list[int], request: Request, session=None) -> Iterator[Chunk]:
         """Decode an answer to `prompt_ids` (after what `session` holds), yielding text as
         it comes; the token budget is cut where the context ends."""
-        from .schedule import make_schedule
-
         request.validate(self.drafting)
         if not prompt_ids and (session is None or session.pending is None):
             raise RequestError("empty prompt")
         session = session if session is not None else self.new_session()
         self.check_context(session, prompt_ids)
         decoder = self.decoder(request, prompt_ids)
-        drafting = decoder.drafter is not None
-        schedule = make_schedule(request.schedule_spec, drafting, request.seeded)
+        schedule = decoder.schedule(request.schedule_spec, request.seeded)
         budget = min(request.max_tokens, self.max_context - session.length - len(prompt_ids))
         eos = () if request.ignore_eos else self.eos_ids
         prompt_tokens = len(prompt_ids) + (session.pending is not None)
         events = decoder.generate(session, prompt_ids, budget, schedule, eos)
         try:
-            yield from self._text(events, request, prompt_tokens, drafting)
+            yield from self._text(events, request, prompt_tokens, decoder)
         finally:  # the consumer may stop early: the decoder then rolls its cache back
             events.close()
 
-    def _text(self, events, request: Request, prompt_tokens: int, drafting: bool):
+    def _text(self, events, request: Request, prompt_tokens: int, decoder):
         """Decoder events as text pieces: multi-byte characters never split, stop strings
         never shown (a tail that may begin one is held back until it cannot)."""
         from .stats import Stats
 
         detok = self.tokenizer.detokenizer
         detok.reset()
+        drafting = decoder.drafter is not None
         stats = Stats(prompt_tokens=prompt_tokens, drafting=drafting,
-                      drafter=self.drafter_name if drafting else None)
+                      drafter=self.drafter_name if drafting else None,
+                      decode_width=decoder.decode_width)
         t0 = time.perf_counter()
         text, shown = "", 0  # all text so far; how much of it was yielded
         for event in events:

@@ -2,7 +2,8 @@
 
 `StreamView` (a terminal): the answer as Markdown, updated live, with a status
 panel under it: tokens/s now and on average, acceptance, current draft length,
-accepted-per-round histogram, per-position acceptance, TTFT and peak memory.
+accepted-per-round histogram, per-position acceptance, redone rounds and the decode
+width, TTFT and peak memory.
 `PlainView` (a pipe or a file): the answer's text as it comes, no ANSI, and the
 stats in one line on stderr. `make_view` picks one.
 """
@@ -99,6 +100,8 @@ def stats_parts(
     if load_s is not None and load_s > 1.0:
         parts.append(f"load {load_s:.1f} s")
     parts.append(drafter_words(stats, drafting))
+    if drafting and stats.redone_rounds:
+        parts.append(f"{stats.redone_rounds} redone ({_pct(stats.redo_rate)})")
     parts.append(f"peak {_peak_gb():.2f} GB")
     if interrupted:
         parts.append("interrupted")
@@ -178,6 +181,10 @@ def status_panel(
     if drafting:
         now = f" · draft length {draft_len}" if draft_len is not None else ""
         grid.add_row("drafter", words + now)
+        if stats.draft_rounds:  # rounds whose verify was too near a tie: redone plainly
+            grid.add_row("exactness", f"redone {stats.redone_rounds} "
+                                      f"({_pct(stats.redo_rate)}) · "
+                                      f"decode width {stats.decode_width}")
         hist = stats.accepted_histogram
         if hist:
             grid.add_row("accepted/round", f"[{sparkline(hist)}] {histogram_text(hist)}")

@@ -212,6 +212,8 @@ def timings(stats, cached: int) -> dict:
         "draft_rounds": len(rounds),
         "acceptance_rate": stats.to_dict()["acceptance_rate"],
         "per_position_acceptance": [round(x, 4) for x in stats.per_position_acceptance],
+        "redone_rounds": stats.redone_rounds,  # verify rows too near a tie, redone plainly
+        "decode_width": stats.decode_width,  # rows of each single-token pass
     }
 
 

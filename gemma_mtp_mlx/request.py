@@ -55,8 +55,8 @@ class ContextError(RequestError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to load and how (what `-m`, `--drafter`, `--no-draft`, `--dtype` and
-    `--max-context` say)."""
+    """Which model to load and how (what `-m`, `--drafter`, `--no-draft`, `--dtype`,
+    `--max-context` and `--recalibrate` say)."""
 
     model: str
     drafter: Path | None = None
@@ -64,6 +64,7 @@ class ModelSpec:
     dtype: str | None = None  # "bfloat16", "float16", "float32"; None: the checkpoint's
     max_context: int | None = None  # tokens; None: the model's own limit
     reserved_bytes: int = 0  # memory kept for other uses (the server's prefix cache)
+    recalibrate: bool = False  # measure the calibration anew, not the stored one
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ the request (openai_api.py), template and tokenize it, and queue a `Job`; the wo
 the answer's pieces back through the job's asyncio queue. A client that goes away cancels its
 job at the next round; a full queue answers 429. Conversations' caches are kept
 (prefix_cache.py), so a chat client resending its history prefills only the new turn.
+`GET /stats` (behind the API key, as /v1 is): the answers so far (acceptance, redone rounds)
+and the engine's calibration (decode width, guard margins, redo rate per verify width).
 """
 
 from __future__ import annotations
@@ -67,6 +69,34 @@ class Job:
             self.cancelled.set()
 
 
+@dataclass
+class Counts:
+    """What the server answered since it started (GET /stats)."""
+
+    requests: int = 0
+    generated_tokens: int = 0
+    draft_rounds: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    redone_rounds: int = 0
+
+    def add(self, stats) -> None:
+        rounds = stats.draft_rounds
+        self.requests += 1
+        self.generated_tokens += stats.generated_tokens
+        self.draft_rounds += len(rounds)
+        self.drafted_tokens += sum(r.draft_len for r in rounds)
+        self.accepted_tokens += sum(r.accepted for r in rounds)
+        self.redone_rounds += stats.redone_rounds
+
+    def to_dict(self) -> dict:
+        def rate(part: int, whole: int) -> float | None:  # None: nothing measured yet
+            return round(part / whole, 4) if whole else None
+
+        return {**vars(self), "acceptance_rate": rate(self.accepted_tokens, self.drafted_tokens),
+                "redo_rate": rate(self.redone_rounds, self.draft_rounds)}
+
+
 class Worker:
     """Answers jobs one at a time, in arrival order, on the thread that calls `run` (the
     main thread: the one that loaded the engine and owns everything MLX touches)."""
@@ -81,6 +111,7 @@ class Worker:
         self.pending = 0  # jobs queued or being answered
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.counts = Counts()
 
     def submit(self, job: Job) -> None:
         """From a handler: queue the job, or 429 when the queue is full."""
@@ -138,7 +169,21 @@ class Worker:
             return "error", ApiError(500, f"internal error: {first_line(e)}", kind="server_error")
         finally:
             chunks.close()
+            if stats is not None:
+                with self.lock:
+                    self.counts.add(stats)
         return "done", stats
+
+    def describe(self) -> dict:
+        """GET /stats: the answers so far and the engine's calibration (None until the
+        first request that needs one)."""
+        from .calibration import describe
+
+        with self.lock:
+            counts = self.counts.to_dict()
+        calibration = self.engine.calibration
+        return {"object": "gemma_mtp.stats", "model": self.config.model_id, **counts,
+                "calibration": describe(calibration) if calibration is not None else None}
 
 
 def _code(e: RequestError) -> str | None:
@@ -159,6 +204,13 @@ def make_app(worker: Worker) -> Starlette:
             return error_response(request, e)
         card = {"id": config.model_id, "object": "model", "created": 0, "owned_by": "gemma-mtp"}
         return JSONResponse({"object": "list", "data": [card]})
+
+    async def stats(request: HttpRequest) -> Response:
+        try:
+            check_key(request, config.api_key)
+        except ApiError as e:
+            return error_response(request, e)
+        return JSONResponse(worker.describe())
 
     async def health(request: HttpRequest) -> Response:
         return JSONResponse({"status": "ok", "pending": worker.pending})
@@ -181,6 +233,7 @@ def make_app(worker: Worker) -> Starlette:
     routes = [
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
@@ -361,6 +414,8 @@ def summary(stats, cached: int, t0: float) -> str:
     parts = [f"{stats.generated_tokens} tokens", f"{stats.tokens_per_s:.1f} tok/s",
              f"prefill {stats.prompt_tokens} tok (cached {cached})", f"TTFT {stats.ttft_s:.2f} s"]
     parts.append(drafter_words(stats, stats.drafting))
+    if stats.redone_rounds:
+        parts.append(f"{stats.redone_rounds} redone")
     parts.append(f"finish {stats.finish_reason}")
     parts.append(f"{time.perf_counter() - t0:.2f} s")
     return " · ".join(parts)

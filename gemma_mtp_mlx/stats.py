@@ -20,6 +20,7 @@ class Stats:
     rounds: list[RoundInfo] = field(default_factory=list)
     drafting: bool = True  # a drafter ran (False: plain decoding)
     drafter: str | None = None  # which one (its folder), when it ran
+    decode_width: int = 1  # rows of each single-token pass (calibration.py)
 
     def add(self, event, elapsed: float) -> None:
         """Count one decoder Event that arrived `elapsed` seconds after the request began."""
@@ -72,6 +73,17 @@ class Stats:
         return out
 
     @property
+    def redone_rounds(self) -> int:
+        """Draft rounds whose verify row was too close to a tie to trust, redone on the
+        single-token path (greedy guard)."""
+        return sum(r.redone for r in self.draft_rounds)
+
+    @property
+    def redo_rate(self) -> float:
+        rounds = len(self.draft_rounds)
+        return self.redone_rounds / rounds if rounds else 0.0
+
+    @property
     def accepted_histogram(self) -> dict[int, int]:
         hist: dict[int, int] = {}
         for r in self.draft_rounds:
@@ -94,6 +106,9 @@ class Stats:
             "per_position_acceptance": [round(x, 4) for x in self.per_position_acceptance],
             "draft_rounds": len(self.draft_rounds),
             "draft_lengths": [r.draft_len for r in self.draft_rounds],
+            "redone_rounds": self.redone_rounds,
+            "redo_rate": _rounded(self.redo_rate if self.draft_rounds else None),
+            "decode_width": self.decode_width,
             "peak_memory_gb": round(peak_memory_gb(), 4),
         }
 

@@ -30,7 +30,7 @@ JSON_KEYS = {
     "text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_per_round",
     "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb", "drafter",
-    "load_s", "load_phases",
+    "load_s", "load_phases", "redone_rounds", "redo_rate", "decode_width",
 }  # fmt: skip
 TURN = re.compile(r"turn (\d+) · (\d+) tokens · .*?prefill (\d+) tok \(cached (\d+)\)")
 
@@ -113,7 +113,10 @@ def test_stdin_is_appended_to_the_prompt(e2b):
 
 
 @pytest.mark.parametrize("fixture", [E2B, DENSE], ids=["e2b", "dense31b"])
-def test_json_keys_and_drafting_changes_nothing(fixture):
+def test_json_keys_and_drafting_changes_nothing(fixture, tmp_path, monkeypatch):
+    # a machine that never ran this model: what auto learns in other tests is kept with the
+    # calibration, and a drafter that never agrees is then rarely tried
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path))
     base = ["generate", "-m", fixture, "--prompt", "Write a poem about the sea", "--json"]
     base += ["--dtype", "float32", "--max-tokens", "24"]
     drafted = json.loads(run(*base).stdout)
@@ -133,6 +136,37 @@ def test_json_keys_and_drafting_changes_nothing(fixture):
     assert {"startup", "tokenizer", "weights", "calibration"} <= drafted["load_phases"].keys()
     assert "calibration" not in plain["load_phases"]  # nothing to calibrate without drafts
     assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
+    # the first drafted run measured the calibration and stored it; every run decodes at its
+    # decode width (--no-draft too: it reads the stored one, measuring nothing)
+    stored = list((tmp_path / "calibration").glob("*.json"))
+    assert len(stored) == 1
+    width = json.loads(stored[0].read_text())["decode_width"]
+    assert drafted["decode_width"] == plain["decode_width"] == fixed["decode_width"] == width
+    for run_ in (drafted, fixed):
+        assert isinstance(run_["redone_rounds"], int)
+        assert 0 <= run_["redone_rounds"] <= run_["draft_rounds"]
+        assert run_["redo_rate"] == round(run_["redone_rounds"] / run_["draft_rounds"], 4)
+    assert plain["redone_rounds"] == 0 and plain["redo_rate"] is None
+
+
+def test_the_calibration_is_measured_once_and_again_with_recalibrate(tmp_path, monkeypatch):
+    from gemma_mtp_mlx import calibration
+
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path))
+    measured = []
+    real_measure = calibration.measure
+    monkeypatch.setattr(calibration, "measure",
+                        lambda target: measured.append(target) or real_measure(target))
+    base = ["generate", "-m", E2B, "--prompt", "hi", "--json", *FAST]
+    first = json.loads(run(*base).stdout)
+    second = json.loads(run(*base).stdout)
+    assert len(measured) == 1  # the second run read what the first stored
+    assert "calibration" in first["load_phases"] and "calibration" in second["load_phases"]
+    plain = json.loads(run(*base, "--no-draft", "--recalibrate").stdout)
+    assert len(measured) == 2 and "calibration" in plain["load_phases"]
+    assert plain["token_ids"] == first["token_ids"] == second["token_ids"]
+    for command in ("chat", "bench", "serve"):
+        assert "--recalibrate" in run(command, "--help").stdout
 
 
 @pytest.fixture
@@ -362,10 +396,14 @@ def test_bench_outputs_identical(tmp_path):
         (p, m) for p in (1, 2) for m in ("plain", "mtp auto", "mtp heuristic", "mtp k=2")
     ]
     assert all(r["identical"] and r["tokens"] == 8 for r in data["rows"])
+    assert data["calibration"]["decode_width"] >= 1
+    fixed = [r for r in data["rows"] if r["mode"] == "mtp k=2"]  # drafts every round
+    assert all(0 <= r["redo_rate"] <= 1 for r in fixed)
 
     table = run(*args)
     assert table.exit_code == 0
     assert "same output" in table.stdout and "NO" not in table.stdout
+    assert "redone" in table.stdout
 
 
 def test_bench_without_a_drafter_is_one_plain_row_and_says_so():

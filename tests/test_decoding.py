@@ -1,17 +1,22 @@
 """The speculative loop: greedy output identical to plain decoding, exact rollback,
 stops, chat continuation, and the target's distribution under sampling."""
 
+import dataclasses
 from functools import cache
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import PAIRS, pair, reference
+from conftest import FIXTURES, PAIRS, pair, reference
+from rounding import RoundingTarget
 from stats import chi2_fits
 
+from gemma_mtp_mlx import calibration as calib
 from gemma_mtp_mlx.decoding import AutoSchedule, Decoder, DraftSchedule, Session
-from gemma_mtp_mlx.models.cache import SlidingKVCache
+from gemma_mtp_mlx.models.cache import SlidingKVCache, cache_offset, rollback
 from gemma_mtp_mlx.sampling import SamplingParams
+from gemma_mtp_mlx.schedule import make_schedule
 from gemma_mtp_mlx.scripted import ScriptedDrafter
 
 N_NEW = 48
@@ -149,41 +154,93 @@ def test_empty_prompt_is_refused():
         run(p.target, p.drafter, [])
 
 
-def exact_pair_distribution(target, prompt, params):
-    """P(tok1, tok2) under plain sampling, from the target's own logits."""
+class SoftDrafter:
+    """Proposes from the target's own logits along a reference path plus fixed Gaussian noise:
+    distributions that overlap the target's without equalling them, so drafts are accepted,
+    rejected and replaced from the residual. (Its carry is its input's; no drafter runs.)"""
+
+    def __init__(self, table: mx.array, start: int, noise: float, hidden_size: int):
+        self.table, self.start, self.hidden_size = table, start, hidden_size
+        rng = np.random.default_rng(0)
+        self.noise = mx.array(rng.normal(0.0, noise, table.shape).astype(np.float32))
+        self._position, self._step = None, 0
+
+    def __call__(self, inputs_embeds, position, shared_kv):
+        if position != self._position:  # a new burst
+            self._position, self._step = position, 0
+        row = min(position + self._step - self.start, self.table.shape[0] - 1)
+        self._step += 1
+        carry = inputs_embeds[..., -self.hidden_size :]
+        return (self.table[row] + self.noise[row])[None, None], carry
+
+
+def forward_logits(target, tokens: list[int]) -> mx.array:
+    return target(mx.array(tokens)[None], target.make_cache())[0][0].astype(mx.float32)
+
+
+def exact_pair_distribution(target, prefix, params):
+    """P(token 1, token 2) after `prefix` under plain sampling, from fresh forward passes."""
     from gemma_mtp_mlx.sampling import probabilities
 
-    cache = target.make_cache()
-    logits, _ = target(mx.array(prompt)[None], cache)
-    p1 = np.array(probabilities(logits[0, -1], params))
+    p1 = np.array(probabilities(forward_logits(target, prefix)[-1], params))
     joint = np.zeros((len(p1), len(p1)))
     for t1 in np.nonzero(p1)[0]:
-        lg, _ = target(mx.array(prompt + [int(t1)])[None], target.make_cache())
-        joint[t1] = p1[t1] * np.array(probabilities(lg[0, -1], params))
+        p2 = probabilities(forward_logits(target, prefix + [int(t1)])[-1], params)
+        joint[t1] = p1[t1] * np.array(p2)
     return joint
 
 
-@pytest.mark.parametrize("name", PAIRS)
-def test_speculative_sampling_matches_target_distribution(name):
-    """Thousands of draws of (token 1, token 2), the second from a speculative round:
-    chi-square against the exact plain-sampling probabilities (false alarm 0.1 %)."""
+def resample_from_p(p, q, drafts, key):
+    """A broken acceptance: at the first rejection it draws from p, not from (p - q)+."""
+    from gemma_mtp_mlx.sampling import sample
+
+    k_accept, k_next = mx.random.split(key)
+    rows = mx.arange(drafts.shape[0])
+    u = mx.random.uniform(shape=rows.shape, key=k_accept)
+    n = mx.cumprod((u * q[rows, drafts] < p[rows, drafts]).astype(mx.int32)).sum()
+    return n, sample(mx.take(p, n, axis=0), k_next)
+
+
+def speculative_pairs(p, prefix, params, draws):
+    """Counts of the first two tokens the loop emits after `prefix`, over `draws` repeats of
+    speculative rounds (K alternating 2 and 3) from one prefilled cache, rolled back each time."""
+    path = list(prefix)
+    for _ in range(4):  # the reference path the soft drafter follows: greedy
+        path.append(int(mx.argmax(forward_logits(p.target, path)[-1]).item()))
+    table = forward_logits(p.target, path)[len(prefix) - 1 :]
+    drafter = SoftDrafter(table, len(prefix) - 1, 0.5, p.target.args.hidden_size)
+    decoder = Decoder(p.target, drafter, params)
+    session = Session(p.target)
+    _, carry = decoder.step(session, prefix[:-1])
+    base, counts = cache_offset(session.cache), np.zeros((p.target.vocab_size,) * 2)
+    for i in range(draws):
+        session.pending, session.carry, emitted = prefix[-1], carry, []
+        while len(emitted) < 2:
+            new, _, _ = decoder.speculative_round(session, 2 + i % 2, 3 + i % 2, 0.0)
+            emitted, session.pending = emitted + new, new[-1]
+        counts[emitted[0], emitted[1]] += 1
+        rollback(session.cache, cache_offset(session.cache) - base)
+    return counts
+
+
+def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch):
+    """The loop's rejection sampling with a soft drafter, K = 2 and 3, temperature 0.7, top-p
+    0.9 and min-p 0.1: chi-square of the first two emitted tokens' joint counts against the
+    exact plain-sampling probabilities (49 possible pairs). A correct loop fails it by chance
+    0.1 % of the time (seeded, so the verdict is fixed); the broken variant must fail it."""
+    import gemma_mtp_mlx.decoding as decoding
+
+    name = "dense31b_tiny"
     p = pair(name)
-    prompt = reference(name)["prompt_ids"].tolist()[:8]
-    params = SamplingParams(temperature=1.0, top_k=6, seed=1)
-    joint = exact_pair_distribution(p.target, prompt, params)
-    greedy = list(run(p.target, None, prompt, n=4)[0])
-    counts = np.zeros_like(joint)
-    for i in range(1200):
-        s = SamplingParams(temperature=1.0, top_k=6, seed=1000 + i)
-        # Half the draws with the real drafter (mostly rejected), half with one that often
-        # proposes the likely continuation (often accepted).
-        drafter = p.drafter if i % 2 else ScriptedDrafter(p.drafter, greedy, len(prompt), 0.8, i)
-        got, rounds, _, _ = run(p.target, drafter, prompt, n=3, sampling=s,
-                                schedule=DraftSchedule(fixed=2))
-        assert rounds[0].draft_len == 1  # token 2 came from a speculative round
-        counts[got[0], got[1]] += 1
-    stat, crit = chi2_fits(counts.ravel(), joint.ravel())
+    prompt = reference(name)["prompt_ids"].tolist()[:6]
+    prefix = prompt + [int(mx.argmax(forward_logits(p.target, prompt)[-1]).item())]
+    params = SamplingParams(temperature=0.7, top_p=0.9, min_p=0.1, seed=11)
+    joint = exact_pair_distribution(p.target, prefix, params)
+    stat, crit = chi2_fits(speculative_pairs(p, prefix, params, 800).ravel(), joint.ravel())
     assert stat < crit, (stat, crit)
+    monkeypatch.setattr(decoding, "speculative_accept", resample_from_p)
+    stat, crit = chi2_fits(speculative_pairs(p, prefix, params, 400).ravel(), joint.ravel())
+    assert stat > crit, (stat, crit)  # measured: 4x the critical value at 800 draws
 
 
 @pytest.mark.parametrize("name", PAIRS)
@@ -241,33 +298,154 @@ def test_padded_verify_equals_plain(width):
     assert forced == want and any(r.redone for r in rounds)
 
 
-def test_verify_width_plan_pads_only_where_clearly_cheaper():
-    from gemma_mtp_mlx.decoding import plan_verify_widths
-
-    # Costs seen on an H100 (MLX CUDA, 31B 4-bit): 5 rows slower than 8 or 9.
-    cuda = {2: 0.04, 3: 0.05, 4: 0.09, 5: 0.104, 6: 0.1, 7: 0.09, 8: 0.062, 9: 0.058}
-    plan = plan_verify_widths(cuda)
-    assert plan[5] == 9 and plan[4] == 9 and plan[2] == 2 and plan[8] == 8
-    linear = {w: float(w) for w in range(2, 18)}  # the CPU backend: never pad
-    assert all(n == w for n, w in plan_verify_widths(linear).items())
-
-
 def test_auto_verify_width_uses_the_measured_costs_and_stays_lossless():
     name = "dense31b_tiny"
     p = pair(name)
     prompt = reference(name)["prompt_ids"].tolist()
     want = list(plain(name, "float32"))
     # As if measured on a GPU where 12 rows are cheapest: every verify pads to 12.
-    p.target.verify_costs = {w: (0.5 if w == 12 else 1.0) for w in range(2, 18)}
-    try:
-        decoder = Decoder(p.target, p.drafter, verify_width="auto")
-        decoder.prepare(prompt)
-        assert all(decoder.width(n) == (12 if n <= 12 else n) for n in range(2, 18))
-        drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.7, seed=5)
-        got, _, _, session = run(p.target, drafter, prompt, schedule=DraftSchedule(fixed=4),
-                                 verify_width="auto")
-        assert got == want and session.length == len(prompt) + len(want)
-    finally:
-        del p.target.verify_costs
+    costs = {w: (0.5 if w == 12 else 1.0) for w in calib.MEASURED_WIDTHS}
+    cal = calib.measure(p.target, costs=costs)
+    decoder = Decoder(p.target, p.drafter, calibration=cal)
+    assert all(decoder.width(n) == (12 if n <= 12 else n) for n in calib.COMPARED_WIDTHS)
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.7, seed=5)
+    got, _, _, session = run(p.target, drafter, prompt, schedule=DraftSchedule(fixed=4),
+                             calibration=cal)
+    assert got == want and session.length == len(prompt) + len(want)
     with pytest.raises(ValueError):
         Decoder(p.target, p.drafter, verify_width=99)
+
+
+# -- the greedy guard against backends whose passes round differently by rows ----------------
+@cache
+def rounding_setup(from_keys: int = 0, context: int = 0):
+    """A bf16 fixture target whose multi-row passes round differently (tests/rounding.py), a
+    prompt (`context` tokens, else the fixture's), and two calibrations: one where a wider
+    decode pass costs too much (w0 = 1, the guard), one where it is free (w0 = 2, matched)."""
+    name = "dense31b_tiny"
+    p = pair(name, "bfloat16")
+    target = RoundingTarget(p.target, from_keys=from_keys)
+    prompt = reference(name)["prompt_ids"].tolist()
+    prompt = (prompt * (context // len(prompt) + 1))[:context] if context else prompt
+    free = {w: 1.0 for w in calib.MEASURED_WIDTHS}
+    dear = {**free, 2: 1.5, 3: 1.5, 4: 1.5}
+    return p, target, prompt, calib.measure(target, costs=dear), calib.measure(target, costs=free)
+
+
+def fresh(cal):
+    """A copy of a calibration with nothing learned in place yet."""
+    return dataclasses.replace(cal, discrepancy={0: dict(cal.discrepancy[0])}, redo={})
+
+
+@pytest.mark.parametrize("K", [2, 4, 8])
+def test_guard_redoes_thin_rows_and_output_equals_plain(K):
+    p, target, prompt, guarded, matched = rounding_setup()
+    assert guarded.decode_width == 1 and guarded.margin(K + 1, 0) > 2 * target.delta
+    want, _, _, _ = run(target, None, prompt, calibration=guarded)
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.9, seed=K)
+    got, rounds, _, _ = run(target, drafter, prompt, schedule=DraftSchedule(fixed=K),
+                            calibration=fresh(guarded))
+    assert got == want
+    assert any(r.redone and r.accepted > 0 for r in rounds)  # a partial redo: row r > 0
+    # The guard is what keeps it exact: without it the verify's rounding flips near-ties.
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.9, seed=K)
+    off, _, _, _ = run(target, drafter, prompt, schedule=DraftSchedule(fixed=K),
+                       calibration=fresh(guarded), greedy_margin=0.0)
+    assert off != want
+
+
+@pytest.mark.parametrize("K", [2, 8, None])
+def test_matched_decode_width_redoes_nothing(K):
+    """Where a 2-row pass rounds as every wider one, calibration picks w0 = 2: plain decoding
+    takes the verify's kernels, so output is identical by construction, nothing redone."""
+    p, target, prompt, _, matched = rounding_setup()
+    assert matched.decode_width == 2
+    assert all(matched.margin(w, 0) == 0 for w in calib.COMPARED_WIDTHS)
+    want, _, _, _ = run(target, None, prompt, calibration=matched)
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.9, seed=3)
+    got, rounds, _, _ = run(target, drafter, prompt, schedule=DraftSchedule(fixed=K),
+                            calibration=fresh(matched))
+    assert got == want and not any(r.redone for r in rounds)
+    assert sum(r.accepted for r in rounds) > 10
+
+
+def test_guard_rechecks_in_place_when_the_context_crosses_a_kernel_boundary():
+    """Passes round differently only past 1024 keys (as attention kernels that switch there):
+    the short-context calibration sees 0, the in-place re-check at 1024 catches it."""
+    p, target, prompt, _, cal = rounding_setup(from_keys=1024, context=1000)
+    assert cal.decode_width == 1 and cal.margin(5, 0) == 0
+    want, _, _, _ = run(target, None, prompt, n=80, calibration=cal)
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.9, seed=4)
+    checked = fresh(cal)
+    got, rounds, _, _ = run(target, drafter, prompt, n=80, schedule=DraftSchedule(fixed=4),
+                            calibration=checked)
+    assert got == want
+    assert checked.margin(5, 1024) > 2 * target.delta and any(r.redone for r in rounds)
+    # Rounds never straddle the boundary: those near it are plain steps.
+    assert any(r.draft_len == 0 for r in rounds)
+    # Without the boundary (no re-check) the margin stays 0 and output differs.
+    drafter = ScriptedDrafter(p.drafter, want, len(prompt), 0.9, seed=4)
+    blind = dataclasses.replace(fresh(cal), boundaries=())
+    off, _, _, _ = run(target, drafter, prompt, n=80, schedule=DraftSchedule(fixed=4),
+                       calibration=blind)
+    assert off != want
+
+
+# -- long contexts: past the 1024- and 4096-key boundaries, every dtype -------------------------
+@cache
+def long_pair(kind: str):
+    from gemma_mtp_mlx.loading import load_pair
+
+    p = load_pair(FIXTURES / "dense31b_tiny", dtype="float32" if kind == "float32" else "bfloat16")
+    if kind == "4bit":
+        nn.quantize(p.target.lm, group_size=32, bits=4, class_predicate=lambda _, m: (
+            hasattr(m, "to_quantized") and m.weight.shape[-1] % 32 == 0))
+    return p
+
+
+@cache
+def long_context(context: int):
+    """The float32 fixture's cache after a real prompt of `context` tokens (prefilled once; every
+    dtype starts from a copy, cast), and the prompt's last token (pending)."""
+    p = long_pair("float32")
+    ref = reference("dense31b_tiny")["prompt_ids"].tolist()
+    prompt = (ref * (context // len(ref) + 1))[:context]
+    session = Session(p.target, cache=p.target.make_cache(max_rollback=64))
+    Decoder(p.target, None, decode_width=1, greedy_margin=0.0).step(session, prompt[:-1])
+    mx.eval([c.state for c in session.cache])
+    return session.cache, prompt[-1]
+
+
+def copy_cache(cache, target):
+    out = target.make_cache(max_rollback=64)
+    for src, dst in zip(cache, out, strict=True):
+        if isinstance(src, SlidingKVCache):
+            dst.state = tuple(x.astype(target.dtype) + 0 for x in src.state)
+            dst.meta_state = src.meta_state
+        else:
+            k, v, offset = src.state
+            dst.state = (k.astype(target.dtype) + 0, v.astype(target.dtype) + 0, offset)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "4bit"])
+@pytest.mark.parametrize("context", [1000, 4100])
+def test_long_context_greedy_equals_plain(kind, context):
+    """1000: generation crosses 1024 keys (straddling rounds, an in-place re-check);
+    4100: past 4096 from the start. K in {1, 3, 7} and the default (auto) schedule."""
+    p = long_pair(kind)
+    cache, pending = long_context(context)
+
+    def continue_(drafter, schedule, n=40):
+        session = Session(p.target, cache=copy_cache(cache, p.target), pending=pending)
+        got, rounds, _, _ = run(p.target, drafter, [], n=n, schedule=schedule, session=session)
+        return got, rounds
+
+    want, _ = continue_(None, None)
+    start = cache_offset(cache) + 1
+    for K in (1, 3, 7, None):
+        drafter = ScriptedDrafter(p.drafter, want, start, 0.8, seed=K or 0)
+        schedule = DraftSchedule(fixed=K) if K else make_schedule(None)
+        got, rounds = continue_(drafter, schedule)
+        assert got == want, (kind, context, K)
+        assert sum(r.accepted for r in rounds) > 5

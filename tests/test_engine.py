@@ -129,3 +129,71 @@ def test_a_session_carries_the_conversation():
     fresh = e.run(ids + first.token_ids + [5, 6], Request(max_tokens=6, draft="off",
                                                            ignore_eos=True))
     assert fresh.token_ids == more.token_ids
+
+
+def test_the_calibration_is_stored_reused_and_remeasured_on_request(tmp_path, monkeypatch):
+    """One measurement per machine and model: a second Engine.load reads it (and what auto
+    learned with it) from the cache folder; ModelSpec(recalibrate=True) measures anew."""
+    from conftest import FIXTURES
+
+    from gemma_mtp_mlx import calibration
+    from gemma_mtp_mlx.engine import ModelSpec
+
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path))
+    measured = []
+    real_measure = calibration.measure
+    monkeypatch.setattr(calibration, "measure",
+                        lambda target: measured.append(target) or real_measure(target))
+    spec = ModelSpec(str(FIXTURES / "e2b_tiny"), dtype="float32")
+    ids = reference("e2b_tiny")["prompt_ids"].tolist()
+
+    first = Engine.load(spec, progress=False)
+    assert first.calibration is None and "calibration" not in first.load_times  # lazily
+    answer = first.run(ids, Request(max_tokens=24, ignore_eos=True))  # auto drafts
+    assert len(measured) == 1 and "calibration" in first.load_times
+    assert answer.stats.decode_width == first.calibration.decode_width
+    stored = list((tmp_path / "calibration").glob("e2b_tiny-*.json"))
+    assert [first.calibration.path] == stored
+    learned = first.calibration.schedule_memory(first.drafter_name, greedy=True)
+    assert learned.rounds == len(answer.stats.rounds) > 0  # auto's rounds, kept
+
+    second = Engine.load(spec, progress=False)
+    again = second.run(ids, Request(max_tokens=24, ignore_eos=True))
+    assert len(measured) == 1  # read from the file, not measured
+    assert second.calibration.decode_width == first.calibration.decode_width
+    assert again.token_ids == answer.token_ids
+    # auto goes on from what the first engine learned (its rounds kept counting)
+    memory = second.calibration.schedule_memory(second.drafter_name, greedy=True)
+    assert memory.rounds == learned.rounds + len(again.stats.rounds)
+
+    third = Engine.load(ModelSpec(spec.model, dtype="float32", recalibrate=True), progress=False)
+    third.run(ids, Request(max_tokens=4, draft="off"))  # even a plain request measures it
+    assert len(measured) == 2 and "calibration" in third.load_times
+    assert third.calibration.path == stored[0]
+    fresh = third.calibration.schedule_memory(third.drafter_name, greedy=True)
+    assert fresh.rounds == 0  # a new measurement starts auto afresh
+
+
+def test_without_a_drafter_nothing_is_measured(tmp_path, monkeypatch):
+    """A plain engine never measures; it decodes at a stored calibration's width when one
+    exists (so --no-draft decodes as the drafted runs of the same model), else 1 row."""
+    from conftest import FIXTURES
+
+    from gemma_mtp_mlx import calibration
+    from gemma_mtp_mlx.engine import ModelSpec
+
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path))
+    monkeypatch.setattr(calibration, "measure", lambda target: 1 / 0)
+    spec = ModelSpec(str(FIXTURES / "dense31b_tiny"), dtype="float32", no_draft=True)
+    ids = reference("dense31b_tiny")["prompt_ids"].tolist()
+    plain = Engine.load(spec, progress=False)
+    before = plain.run(ids, Request(max_tokens=6))
+    assert plain.calibration is None and before.stats.decode_width == 1
+    assert "calibration" not in plain.load_times
+    target = plain.target
+    stored = calibration.Calibration(decode_width=3, key=calibration.calibration_key(
+        target, str(FIXTURES.resolve() / "dense31b_tiny")))
+    stored.path = calibration.calibration_path(tmp_path, stored.key)
+    stored.save()
+    after = Engine.load(spec, progress=False).run(ids, Request(max_tokens=6))
+    assert after.stats.decode_width == 3

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 E2B = ROOT / "tests" / "fixtures" / "e2b_tiny"
 
 
-def make_stats(rounds, prompt=20, generated=None):
+def make_stats(rounds, prompt=20, generated=None, redone=()):
     stats = Stats(prompt_tokens=prompt, prefill_seconds=0.1, ttft_s=0.1, decode_seconds=0.5)
-    stats.rounds = [RoundInfo(k, a, a + 1, 0.05) for k, a in rounds]
+    stats.rounds = [RoundInfo(k, a, a + 1, 0.05, i in redone) for i, (k, a) in enumerate(rounds)]
     stats.generated_tokens = generated or 1 + sum(a + 1 for _, a in rounds)
     stats.finish_reason = "length"
     return stats
@@ -39,7 +39,9 @@ def test_stats_line_words():
     parts += ["acceptance 40%", "2.00/round", "3 draft rounds", "peak", "finish length"]
     for part in parts:
         assert part in line, part
-    assert "warning" not in line
+    assert "warning" not in line and "redone" not in line
+    redone = live.stats_line(make_stats([(4, 4), (6, 2), (5, 0), (2, 1)], redone={1}), True)
+    assert "1 redone (25%)" in redone
     plain = live.stats_line(make_stats([]), drafting=False)
     assert "drafter off" in plain and "acceptance" not in plain
     assert "interrupted" in live.stats_line(stats, True, interrupted=True)
@@ -102,13 +104,13 @@ def test_histogram_and_sparkline():
 
 
 def test_status_panel_shows_everything():
-    stats = make_stats([(4, 4), (4, 1), (3, 0)])
+    stats = make_stats([(4, 4), (4, 1), (3, 0)], redone={2})
     console = Console(file=io.StringIO(), width=110, force_terminal=False)
     console.print(live.status_panel(stats, True, current_rate=12.5, draft_len=3, title="turn 1"))
     text = console.file.getvalue()
     for part in ("12.5 tok/s now", "tok/s avg", "TTFT", "peak", "acceptance 45%",
                  "draft length 3", "accepted/round", "0:1 1:1 4:1", "per position",
-                 "1:67% 2:33% 3:33% 4:50%"):  # fmt: skip
+                 "1:67% 2:33% 3:33% 4:50%", "redone 1 (33%)", "decode width 1"):  # fmt: skip
         assert part in text, part
     off = Console(file=io.StringIO(), width=110)
     off.print(live.status_panel(stats, False))
@@ -191,12 +193,16 @@ class Tmux:
 
 
 def start_chat(tmp_path: Path, *options: str) -> Tmux:
-    """`gemma-mtp chat` on the tiny E2B pair in a detached 200x50 tmux session "chat"; the
-    shell prints CHAT-EXIT=<code> when it ends."""
+    """`gemma-mtp chat` on the tiny E2B pair in a detached 200x50 tmux session "chat", with a
+    cache folder of its own; the shell prints CHAT-EXIT=<code> when it ends."""
     tmux = Tmux(tmp_path / "tmux.sock")
     chat = shlex.join([sys.executable, "-m", "gemma_mtp_mlx", "chat", "-m", str(E2B),
                        "--dtype", "float32", *options])
-    shell = f"cd {shlex.quote(str(ROOT))} && {chat}; echo CHAT-EXIT=$?; sleep 120"
+    # its own cache folder: what auto learned in other tests (kept with the calibration)
+    # would otherwise decide whether this chat drafts at all
+    cache = shlex.quote(str(tmp_path / "cache"))
+    shell = (f"cd {shlex.quote(str(ROOT))} && GEMMA_MTP_CACHE={cache} {chat}; "
+             "echo CHAT-EXIT=$?; sleep 120")
     tmux("new-session", "-d", "-s", "chat", "-x", "200", "-y", "50", shell)
     return tmux
 

@@ -4,7 +4,13 @@ import random
 
 import pytest
 
-from gemma_mtp_mlx.schedule import AutoSchedule, DraftSchedule, make_schedule
+from gemma_mtp_mlx.schedule import (
+    MAX_PROBE_GAP,
+    AutoSchedule,
+    DraftSchedule,
+    ScheduleMemory,
+    make_schedule,
+)
 
 
 def test_heuristic_schedule():
@@ -30,10 +36,10 @@ def test_fixed_schedule():
         DraftSchedule(fixed=99)
 
 
-def simulate(alpha: float, cost, rounds: int = 300, seed: int = 0) -> AutoSchedule:
+def simulate(alpha: float, cost, rounds: int = 300, seed: int = 0, memory=None) -> AutoSchedule:
     """Feed the schedule rounds from a drafter whose drafts survive with probability alpha."""
     rng = random.Random(seed)
-    s = AutoSchedule(seed=seed)
+    s = AutoSchedule(seed=seed, memory=memory)
     for _ in range(rounds):
         k = s.next()
         accepted = 0
@@ -79,3 +85,42 @@ def test_make_schedule():
     assert isinstance(make_schedule("auto", seeded=True), AutoSchedule)
     assert make_schedule(3).fixed == 3
     assert make_schedule("auto", has_drafter=False).fixed == 0
+
+
+def test_auto_backs_off_probing_a_length_that_keeps_losing():
+    """A drafter that never agrees: after the first rounds only rare probes draft. Without
+    the back-off (a probe every 16 rounds) 1/16 of all rounds would draft."""
+    s = simulate(0.0, verify_cost, rounds=3000)
+    late = s.choices[-2000:]
+    assert sum(k > 0 for k in late) <= 2000 / MAX_PROBE_GAP + 2
+    assert sum(k > 0 for k in late) >= 2000 / MAX_PROBE_GAP - 2  # it still probes
+
+
+def test_auto_notices_when_drafting_starts_to_pay_again():
+    """Backed off after 1000 rounds of a useless drafter, it drafts again soon after the
+    drafts start to be kept (a probe that keeps its drafts resets the back-off)."""
+    memory = ScheduleMemory()
+    simulate(0.0, verify_cost, rounds=1000, memory=memory)
+    s = simulate(0.9, verify_cost, rounds=400, seed=1, memory=memory)
+    assert min(s.choices[-100:]) >= 3
+
+
+def test_auto_remembers_across_schedules_and_serialisation():
+    """What one request learned, the next starts from: with a drafter that never agrees, the
+    second schedule does not draft on its first rounds (a fresh one starts at K = 4)."""
+    memory = ScheduleMemory()
+    simulate(0.0, verify_cost, rounds=200, memory=memory)
+    again = ScheduleMemory.from_dict(memory.to_dict())
+    assert again == memory
+    s = AutoSchedule(memory=again)
+    assert [s.next() for _ in range(10)] == [0] * 10
+    assert AutoSchedule().next() > 0
+    assert make_schedule("auto", memory=again).memory is again
+
+
+def test_auto_does_not_draft_for_noise_when_rounds_cost_the_same():
+    """Overhead-bound (the tiny fixtures): a 2-row verify measures like a 1-row step. With a
+    drafter that never agrees, K = 1 then promises 1 + a_1 tokens for the same time, a_1
+    never exactly 0: drafting must promise DRAFT_GAIN more than plain, or noise decides."""
+    s = simulate(0.0, lambda k: 1.0, rounds=600)
+    assert s.choices[-300:].count(0) > 280

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +27,20 @@ READY = re.compile(r"http://127\.0\.0\.1:(\d+)/v1")
 
 
 class Server:
-    """A `gemma-mtp serve` process on a free port, its stderr collected line by line."""
+    """A `gemma-mtp serve` process on a free port, its stderr collected line by line, with a
+    cache folder of its own (what auto learned in other tests, kept with the calibration,
+    would otherwise decide whether it drafts at all)."""
 
     def __init__(self, *args: str):
         cmd = [sys.executable, "-m", "gemma_mtp_mlx", "serve", "-m", str(E2B), "--dtype",
                "float32", "--port", "0", *args]
+        self.cache = tempfile.mkdtemp(prefix="gemma-mtp-serve-")
         # SIGINT as from a terminal: a suite started in the background (`make test &`, nohup)
         # inherits it ignored, and then Ctrl-C could not stop the server
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            env={**os.environ, "GEMMA_MTP_CACHE": self.cache})
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
         while (line := self.proc.stderr.readline()) and time.monotonic() < deadline:
@@ -65,6 +72,8 @@ class Server:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.cache, ignore_errors=True)
         return self.proc.returncode, "".join(self.lines)
 
 
@@ -104,6 +113,23 @@ def test_chat_and_text_completions_equal_generate(server):
                 "predicted_per_second", "prompt_per_second"):
         assert key in timings
     assert timings["draft_n"] > 0 and timings["draft_rounds"] > 0
+    assert 0 <= timings["redone_rounds"] <= timings["draft_rounds"]
+    assert timings["decode_width"] >= 1
+
+
+def test_stats_counts_the_answers_and_shows_the_calibration(server):
+    before = httpx.get(server.url.replace("/v1", "/stats"), timeout=60).json()
+    reply = chat(server.client(), [{"role": "user", "content": "Count to ten"}], max_tokens=10)
+    timings = reply.model_extra["timings"]
+    after = httpx.get(server.url.replace("/v1", "/stats"), timeout=60).json()
+    assert after["requests"] == before["requests"] + 1
+    assert after["generated_tokens"] - before["generated_tokens"] == timings["predicted_n"]
+    assert after["draft_rounds"] - before["draft_rounds"] == timings["draft_rounds"]
+    assert after["redone_rounds"] - before["redone_rounds"] == timings["redone_rounds"]
+    assert after["redo_rate"] == round(after["redone_rounds"] / after["draft_rounds"], 4)
+    calibration = after["calibration"]  # measured at the first request (it drafts)
+    assert calibration["decode_width"] == timings["decode_width"]
+    assert calibration["margins"]["0"]  # the verify widths measured at the first context range
 
 
 def test_streamed_equals_whole_with_usage(server):
@@ -244,6 +270,10 @@ def test_api_key_is_enforced():
             s.client(api_key="wrong").models.list()
         r = s.post("/chat/completions", {"messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        stats = s.url.replace("/v1", "/stats")
+        assert httpx.get(stats, timeout=60).status_code == 401
+        r = httpx.get(stats, headers={"Authorization": "Bearer s3cret"}, timeout=60)
+        assert r.status_code == 200 and r.json()["requests"] == 0
         ok = chat(s.client(api_key="s3cret"), [{"role": "user", "content": "hi"}], max_tokens=3)
         assert ok.choices[0].message.content is not None
 

@@ -21,7 +21,6 @@ class Target:
     lm = None
     layer_types: list[str] = []
     sliding_window: int = 0
-    greedy_margin: float | None = None  # set by decoding.calibrate_margin
 
     @property
     def kv_source(self) -> dict[str, int]:
