@@ -130,28 +130,26 @@ class Engine:
 
     def calibrated(self):
         """The target's calibration (calibration.Calibration), obtained at the first request:
-        with a drafter, the one stored under the cache folder or, when there is none (or
-        `recalibrate`), measured (a spinner meanwhile; the time is the load phase
-        "calibration") and stored. Plain requests of such an engine use it too, so that they
-        decode as its drafted ones. Without a drafter nothing is measured: a stored
-        calibration's decode width if there is one, else None (1-row passes)."""
+        the one stored under the cache folder or, when there is none (or `recalibrate`),
+        measured (a spinner meanwhile) and stored; the time is the load phase "calibration".
+        Every request uses it, plain ones and those of an engine loaded without its drafter
+        too: plain decoding then runs at the decode width drafted decoding runs at, so the
+        two agree whichever ran first on this machine."""
         from . import calibration as calib
         from .progress import spinner
 
         if self._calibrated:
             return self.calibration
-        measures = self.drafting or self.recalibrate
         start = time.perf_counter()
         if self.path is None:  # nothing to key a stored one by: this process only
-            found = calib.in_memory(self.target) if measures else None
+            found = calib.in_memory(self.target)
         else:
             key = calib.calibration_key(self.target, str(Path(self.path).resolve()))
             found = None if self.recalibrate else calib.load(key)
-            if found is None and measures:
+            if found is None:
                 with spinner(self.progress, "measuring this machine's kernels (once)"):
                     found = calib.load_or_measure(self.target, key, recalibrate=True)
-        if measures:
-            self.load_times["calibration"] = time.perf_counter() - start
+        self.load_times["calibration"] = time.perf_counter() - start
         self.calibration, self._calibrated = found, True
         return found
 
@@ -167,8 +165,7 @@ class Engine:
             memory = calibration.schedule_memory(self.drafter_name or "",
                                                  request.sampling.greedy)
         decoder = Decoder(self.target, drafter, request.sampling, calibration=calibration,
-                          schedule_memory=memory,
-                          decode_width=None if calibration is not None else 1)
+                          schedule_memory=memory)
         decoder.prepare(prompt_ids)  # nothing left to measure: the calibration is given
         return decoder
 

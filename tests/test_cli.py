@@ -89,7 +89,9 @@ def test_no_arguments_prints_help():
 
 # -- generate -----------------------------------------------------------------------------------
 def test_generate_streams_text_and_stats_line(e2b):
-    result = run("generate", "-m", E2B, "--prompt", "Hello there", *FAST)
+    # a fixed draft length: auto may have learned in earlier tests that this drafter never
+    # pays (it remembers, per machine) and then drafts nothing, so no acceptance to show
+    result = run("generate", "-m", E2B, "--prompt", "Hello there", "--num-draft", "2", *FAST)
     assert result.exit_code == 0, result.stderr
     expected = e2b.run(e2b.encode("Hello there"), Request(max_tokens=8))
     assert result.stdout == expected.text + "\n"
@@ -134,10 +136,10 @@ def test_json_keys_and_drafting_changes_nothing(fixture, tmp_path, monkeypatch):
     assert plain["mean_accepted_per_round"] is None
     assert drafted["load_s"] == pytest.approx(sum(drafted["load_phases"].values()), abs=0.01)
     assert {"startup", "tokenizer", "weights", "calibration"} <= drafted["load_phases"].keys()
-    assert "calibration" not in plain["load_phases"]  # nothing to calibrate without drafts
+    assert "calibration" in plain["load_phases"]  # read from what the drafted run stored
     assert set(fixed["draft_lengths"]) <= {3, 2, 1}  # 3, shortened only by the token budget
     # the first drafted run measured the calibration and stored it; every run decodes at its
-    # decode width (--no-draft too: it reads the stored one, measuring nothing)
+    # decode width (--no-draft too: it reads the stored one)
     stored = list((tmp_path / "calibration").glob("*.json"))
     assert len(stored) == 1
     width = json.loads(stored[0].read_text())["decode_width"]

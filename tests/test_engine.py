@@ -174,26 +174,28 @@ def test_the_calibration_is_stored_reused_and_remeasured_on_request(tmp_path, mo
     assert fresh.rounds == 0  # a new measurement starts auto afresh
 
 
-def test_without_a_drafter_nothing_is_measured(tmp_path, monkeypatch):
-    """A plain engine never measures; it decodes at a stored calibration's width when one
-    exists (so --no-draft decodes as the drafted runs of the same model), else 1 row."""
+def test_a_plain_engine_measures_first_and_drafting_then_agrees(tmp_path, monkeypatch):
+    """--no-draft on a machine that never ran the model measures the calibration too (the
+    decode width is the target's), so a drafted run afterwards decodes at the same width,
+    reads what the plain run stored, and gives the same tokens."""
     from conftest import FIXTURES
 
     from gemma_mtp_mlx import calibration
     from gemma_mtp_mlx.engine import ModelSpec
 
     monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path))
-    monkeypatch.setattr(calibration, "measure", lambda target: 1 / 0)
-    spec = ModelSpec(str(FIXTURES / "dense31b_tiny"), dtype="float32", no_draft=True)
+    measured = []
+    real_measure = calibration.measure
+    monkeypatch.setattr(calibration, "measure",
+                        lambda target: measured.append(target) or real_measure(target))
+    model = str(FIXTURES / "dense31b_tiny")
     ids = reference("dense31b_tiny")["prompt_ids"].tolist()
-    plain = Engine.load(spec, progress=False)
-    before = plain.run(ids, Request(max_tokens=6))
-    assert plain.calibration is None and before.stats.decode_width == 1
-    assert "calibration" not in plain.load_times
-    target = plain.target
-    stored = calibration.Calibration(decode_width=3, key=calibration.calibration_key(
-        target, str(FIXTURES.resolve() / "dense31b_tiny")))
-    stored.path = calibration.calibration_path(tmp_path, stored.key)
-    stored.save()
-    after = Engine.load(spec, progress=False).run(ids, Request(max_tokens=6))
-    assert after.stats.decode_width == 3
+    plain = Engine.load(ModelSpec(model, dtype="float32", no_draft=True), progress=False)
+    before = plain.run(ids, Request(max_tokens=12, ignore_eos=True))
+    assert len(measured) == 1 and "calibration" in plain.load_times
+    assert before.stats.decode_width == plain.calibration.decode_width
+    drafted = Engine.load(ModelSpec(model, dtype="float32"), progress=False)
+    after = drafted.run(ids, Request(max_tokens=12, draft=3, ignore_eos=True))
+    assert len(measured) == 1  # read from what the plain run stored
+    assert after.stats.decode_width == before.stats.decode_width
+    assert after.token_ids == before.token_ids and after.stats.draft_rounds
