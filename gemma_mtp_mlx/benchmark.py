@@ -112,9 +112,10 @@ def bench_modes(drafting: bool, fixed: tuple[int, ...]) -> list[tuple[str, str |
     return modes + [(f"mtp k={k}", k) for k in dict.fromkeys(fixed)]
 
 
-def run_bench(engine, texts, max_tokens, runs, num_draft):
+def run_bench(engine, texts, max_tokens, runs, num_draft, on_row=None):
     """Each prompt with and without the drafter (and each fixed K), greedy, `runs` times:
-    one row of medians per prompt and mode, and every run that differs from plain decoding."""
+    one row of medians per prompt and mode, and every run that differs from plain decoding.
+    `on_row(row, of)`: called as each row is done (`of`: how many rows there will be)."""
     import mlx.core as mx
 
     from .request import Request
@@ -164,5 +165,7 @@ def run_bench(engine, texts, max_tokens, runs, num_draft):
                     "identical": all(r.token_ids == reference for r, _ in results),
                 }
             )
+            if on_row is not None:
+                on_row(rows[-1], len(prompt_ids) * len(modes))
 
     return rows, mismatches

@@ -291,6 +291,12 @@ def chat(
 
 
 # -- bench -------------------------------------------------------------------------------------
+def bench_progress(row: dict, of: int) -> None:
+    """One stderr line per prompt and mode as it finishes (a CPU run takes minutes)."""
+    say(f"bench: {row['prompt']}.{row['mode']} done ({row['tokens']} tokens, "
+        f"{row['tokens_per_s']:.1f} tok/s) · {of} rows in all")
+
+
 BENCH_EXAMPLES = (
     "Examples:\n\n"
     "  gemma-mtp bench                                   [dim]# built-in prompts, E4B 4-bit[/]\n\n"
@@ -330,7 +336,8 @@ def bench(
         draft_policy(False, k, None)
     texts = load_prompts(prompts)
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, recalibrate=recalibrate))
-    rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or ())
+    rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or (),
+                                 on_row=bench_progress)
     from .calibration import describe
 
     if json_out:

@@ -401,6 +401,10 @@ def test_bench_outputs_identical(tmp_path):
     assert data["calibration"]["decode_width"] >= 1
     fixed = [r for r in data["rows"] if r["mode"] == "mtp k=2"]  # drafts every round
     assert all(0 <= r["redo_rate"] <= 1 for r in fixed)
+    # progress on stderr, a line per prompt and mode as it finishes (stdout stays the JSON)
+    done = [line for line in result.stderr.splitlines() if line.startswith("bench: ")]
+    assert done[0].startswith("bench: 1.plain done (8 tokens, ") and len(done) == 8
+    assert all(line.endswith("· 8 rows in all") for line in done)
 
     table = run(*args)
     assert table.exit_code == 0
