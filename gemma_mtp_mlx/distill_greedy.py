@@ -1,0 +1,222 @@
+"""Greedy rows for `gemma-mtp distill`: the target's greedy continuations, labelled as
+they are generated.
+
+Greedy decoding verifies the target's greedy text, so that is the text a drafter should
+learn most from. One prompt has one greedy continuation, so the prompts are many
+prefixes: cuts at several lengths of the target's own sampled text (and of local text),
+each continuing differently. A batch shares one prefix length, so rows need no padding,
+and each decoding step's forward pass already gives what the teacher cache stores
+(post-norm hidden state, the shared layers' K/V, the head's log-probs): generating and
+labelling is one pass per token instead of a generation step plus a teacher pass.
+
+The cache has `distill_cache`'s layout (same arrays, same dtypes), built batch by batch
+with `meta.json` counting the rows done, so an interrupted build resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .distill_cache import (
+    KINDS,
+    TeacherCache,
+    _hash,
+    blas_threads,
+    log_softmax,
+    threads_for,
+    top_k,
+)
+from .models.cache import KVCache
+
+CUTS = (16, 24, 32, 48)  # prefix lengths, rotated over batches
+
+
+def prefix_plan(seqs: list[list[int]], rows: int, batch: int, seed: int,
+                cuts=CUTS, min_new: int = 24) -> list[np.ndarray]:
+    """Batches [B, L] of distinct prefixes: batch j cuts every sequence long enough at
+    L = cuts[j % len(cuts)] (in a seeded order); `rows` in all (a multiple of `batch`)."""
+    rng = random.Random(seed)
+    order = list(range(len(seqs)))
+    plan, seen = [], set()
+    j = 0
+    while len(plan) * batch < rows and j < 64 * len(cuts):
+        L = cuts[j % len(cuts)]
+        rng.shuffle(order)
+        picked = []
+        for i in order:
+            p = tuple(seqs[i][:L])
+            if len(seqs[i]) >= L + min_new and p not in seen:
+                picked.append(p)
+                if len(picked) == batch:
+                    break
+        if len(picked) == batch:
+            seen.update(picked)
+            plan.append(np.array(picked, dtype=np.int32))
+        j += 1
+    return plan
+
+
+def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarray,
+                 k: int, eos=()) -> dict:
+    """Greedy continuations of `prefixes` [B, L] to `row_len` tokens (the argmax of the
+    target's whole head), with what the cache stores for every position (the arrays of
+    `distill_cache.teacher_pass` over `head_rows`, plus tokens and lengths: a row ends
+    after its first EOS)."""
+    B, L = prefixes.shape
+    cache = [KVCache() for _ in target.layer_types]
+    tokens = np.zeros((B, row_len), np.int32)
+    tokens[:, :L] = prefixes
+    hidden = np.zeros((B, row_len, target.hidden_size), np.float32)
+    x = mx.array(prefixes)
+    for pos in range(L, row_len + 1):
+        with blas_threads(1):
+            h = target.hidden(x, cache).astype(mx.float32)
+            mx.eval(h)
+        h = np.array(h)
+        hidden[:, pos - h.shape[1] : pos] = h
+        if pos == row_len:
+            break
+        with blas_threads(threads_for(B, h.shape[-1], target.vocab_size)):
+            nxt = np.array(mx.argmax(target.logits(mx.array(h[:, -1])), axis=-1), np.int32)
+        tokens[:, pos] = nxt
+        x = mx.array(nxt[:, None])
+    kv = target.shared_kv(cache)
+    out = {"hidden": hidden, "tokens": tokens}
+    for kind in KINDS:
+        keys, values = kv[kind]
+        out["kv_" + kind] = np.stack([np.array(keys.astype(mx.float32)),
+                                      np.array(values.astype(mx.float32))], axis=1)
+    lengths = np.full(B, row_len, np.int32)
+    for b in range(B):
+        hits = np.nonzero(np.isin(tokens[b, L:], list(eos)))[0]
+        if hits.size:
+            lengths[b] = L + hits[0] + 1
+            tokens[b, lengths[b]:] = 0
+    out["lengths"] = lengths
+    softcap = getattr(target.lm, "final_logit_softcapping", None)
+    with blas_threads(threads_for(B * row_len, hidden.shape[-1], len(head_rows))):
+        logits = hidden.reshape(B * row_len, -1) @ head_rows.T
+        if softcap:
+            logits = np.tanh(logits / softcap) * softcap
+        logp = log_softmax(logits)
+    ids, vals = top_k(logp, k)
+    out["top_ids"], out["top_logp"] = ids.reshape(B, row_len, k), vals.reshape(B, row_len, k)
+    return out
+
+
+def build_greedy_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
+                       head_ids: np.ndarray, head_rows: np.ndarray, k: int = 32, eos=(),
+                       target_key: str = "", progress=None, dtype=np.float16) -> TeacherCache:
+    """Generate and label every batch of `plan` into a teacher cache at `path` (the
+    teacher over the drafter's vocabulary `head_ids`, whose head rows are `head_rows`);
+    resumes an interrupted build, refuses one of another plan."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    rows = sum(len(p) for p in plan)
+    plan_hash = _hash(np.concatenate([p.ravel() for p in plan]))
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("plan_hash") != plan_hash or meta["head_ids_hash"] != _hash(head_ids):
+            raise ValueError(f"{path} holds greedy rows of another plan; delete it to rebuild")
+    else:
+        meta = _allocate(target, path, rows, row_len, head_ids, k, dtype, target_key, plan_hash)
+    arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r+") for n in meta["arrays"]}
+    task = None
+    if progress is not None:
+        task = progress.add_task("greedy rows", total=rows, completed=meta["done"])
+    lo = 0
+    for prefixes in plan:
+        hi = lo + len(prefixes)
+        if hi > meta["done"]:
+            got = greedy_batch(target, prefixes, row_len, head_rows, k, eos)
+            for name, value in got.items():
+                arrays[name][lo:hi] = value.astype(arrays[name].dtype)
+                arrays[name].flush()
+            meta["done"] = hi
+            if hi == rows:
+                meta["tokens_hash"] = _hash(np.asarray(arrays["tokens"]))
+            _write_json(meta_file, meta)
+            if task is not None:
+                progress.update(task, completed=hi)
+        lo = hi
+    return TeacherCache(path)
+
+
+def _allocate(target, path, rows, row_len, head_ids, k, dtype, target_key, plan_hash) -> dict:
+    path.mkdir(parents=True, exist_ok=True)
+    cache = [KVCache() for _ in target.layer_types]  # a 2-token probe gives the shapes
+    H = target.hidden(mx.array([[0, 0]]), cache).shape[-1]
+    shapes = {"hidden": ((rows, row_len, H), dtype)}
+    for kind, (keys, _) in target.shared_kv(cache).items():
+        shapes["kv_" + kind] = ((rows, 2, keys.shape[1], row_len, keys.shape[-1]), dtype)
+    shapes["top_ids"] = ((rows, row_len, k), np.uint16 if len(head_ids) <= 65536 else np.int32)
+    shapes["top_logp"] = ((rows, row_len, k), dtype)
+    shapes["tokens"] = ((rows, row_len), np.int32)
+    shapes["lengths"] = ((rows,), np.int32)
+    for name, (shape, dt) in shapes.items():
+        np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dt, shape=shape).flush()
+    meta = {"rows": rows, "row_len": row_len, "top_k": k, "head_ids_hash": _hash(head_ids),
+            "tokens_hash": None, "target": target_key, "dtype": np.dtype(dtype).name,
+            "done": 0, "plan_hash": plan_hash, "arrays": list(shapes)}
+    _write_json(path / "meta.json", meta)
+    return meta
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class JoinedCache:
+    """Several teacher caches read as one: rows of cache i come `repeat[i]` times (to
+    weigh greedy rows more), in order; `batch` gathers from each."""
+
+    def __init__(self, caches: list[TeacherCache], repeat: list[int] | None = None):
+        self.caches = caches
+        repeat = repeat or [1] * len(caches)
+        self.index = np.concatenate([
+            np.stack([np.full(c.rows, i), np.arange(c.rows)], 1)
+            for i, c in enumerate(caches) for _ in range(repeat[i])])
+        hashes = [f"{c.meta['tokens_hash']}x{r}" for c, r in zip(caches, repeat, strict=True)]
+        self.meta = {"tokens_hash": _hash(np.frombuffer(":".join(hashes).encode(), np.uint8)),
+                     "rows": int(len(self.index))}
+
+    @property
+    def rows(self) -> int:
+        return self.meta["rows"]
+
+    def batch(self, idx: np.ndarray) -> dict:
+        src = self.index[idx]
+        parts = []
+        for i, c in enumerate(self.caches):
+            sel = np.nonzero(src[:, 0] == i)[0]
+            if sel.size:
+                parts.append((sel, c.batch(src[sel, 1])))
+        order = np.argsort(np.concatenate([s for s, _ in parts]), kind="stable")
+        return {name: np.concatenate([b[name] for _, b in parts])[order] for name in parts[0][1]}
+
+    def nbytes_per_token(self) -> float:
+        return self.caches[0].nbytes_per_token()
+
+
+def prefix_sources(tokenizer, sampled: list[list[int]], held_out, windows: int = 200,
+                   window: int = 128, seed: int = 1) -> list[list[int]]:
+    """Sequences to cut prefixes from: the target's sampled text (`sampled`, e.g. a first
+    distillation's `sampled.json`) and windows of local text (`windows` documents of
+    over 200 tokens, from a seeded offset), none containing a held-out prompt."""
+    from . import distill_data as data
+
+    keep = data.drop_held_out(tokenizer, sampled, held_out)
+    rng, cut = random.Random(7), []
+    for doc in data.local_corpus(tokenizer, 400_000, seed, held_out):
+        if len(doc) > 200:
+            off = rng.randrange(1, len(doc) - 150)
+            cut.append([doc[0]] + doc[off : off + window])
+    return keep + cut[:windows]

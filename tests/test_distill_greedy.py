@@ -1,0 +1,111 @@
+"""Greedy rows labelled as they are generated (gemma_mtp_mlx/distill_greedy.py): the target's
+own greedy text, with exactly what a teacher pass over it would store."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from test_distill_train import K, data, tiny
+
+from gemma_mtp_mlx.distill_cache import TeacherCache, build_cache, teacher_pass
+from gemma_mtp_mlx.distill_greedy import (
+    JoinedCache,
+    build_greedy_cache,
+    greedy_batch,
+    prefix_plan,
+)
+from gemma_mtp_mlx.models.cache import KVCache
+
+ROW = 20
+
+
+def prefixes(n=3, length=6, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.integers(3, tiny().vocab_size, (n, length)).astype(np.int32)
+    p[:, 0] = 2
+    return p
+
+
+def full_argmax(target, tokens):
+    cache = [KVCache() for _ in target.layer_types]
+    return np.array(mx.argmax(target.logits(target.hidden(mx.array(tokens), cache)), -1))
+
+
+def test_rows_are_the_targets_greedy_text_with_its_teacher_labels():
+    target = tiny()
+    ids, rows, _, _ = data()
+    pre = prefixes()
+    got = greedy_batch(target, pre, ROW, rows, K)
+    np.testing.assert_array_equal(got["tokens"][:, :6], pre)
+    # every generated token is the whole head's argmax after the tokens before it
+    np.testing.assert_array_equal(got["tokens"][:, 6:], full_argmax(target, got["tokens"])[:, 5:-1])
+    ref = teacher_pass(target, got["tokens"], rows, K)  # one pass over the finished rows
+    for name in ("hidden", "kv_sliding_attention", "kv_full_attention", "top_logp"):
+        np.testing.assert_allclose(got[name], ref[name], atol=2e-4, rtol=1e-3, err_msg=name)
+    assert (got["top_ids"] == ref["top_ids"]).mean() > 0.99
+    assert (got["lengths"] == ROW).all()
+
+
+def test_a_row_ends_after_its_first_eos():
+    target = tiny()
+    _, rows, _, _ = data()
+    pre = prefixes()
+    plain = greedy_batch(target, pre, ROW, rows, K)
+    eos = int(plain["tokens"][0, 8])
+    first = 6 + int(np.nonzero(plain["tokens"][0, 6:] == eos)[0][0])
+    got = greedy_batch(target, pre, ROW, rows, K, eos=(eos,))
+    assert got["lengths"][0] == first + 1
+    assert (got["tokens"][0, first + 1 :] == 0).all()
+    np.testing.assert_array_equal(got["tokens"][0, : first + 1], plain["tokens"][0, : first + 1])
+
+
+def test_prefix_plan_is_seeded_distinct_and_one_length_per_batch():
+    rng = np.random.default_rng(3)
+    seqs = [list(rng.integers(3, 500, int(rng.integers(20, 60)))) for _ in range(40)]
+    plan = prefix_plan(seqs, rows=24, batch=4, seed=5, cuts=(4, 8), min_new=8)
+    again = prefix_plan(seqs, rows=24, batch=4, seed=5, cuts=(4, 8), min_new=8)
+    assert len(plan) == 6 and all((a == b).all() for a, b in zip(plan, again, strict=True))
+    assert {p.shape[1] for p in plan} == {4, 8}
+    flat = [tuple(r) for p in plan for r in p]
+    assert len(set(flat)) == len(flat)
+
+
+def test_greedy_cache_resumes_refuses_another_plan_and_joins(tmp_path):
+    target = tiny()
+    ids, rows, tokens, lengths = data()
+    plan = [prefixes(2, 6, 0), prefixes(2, 8, 1)]
+    whole = build_greedy_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K)
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterOne:
+        def add_task(self, *a, **k):
+            return 0
+
+        def update(self, task, completed):
+            raise Stop
+
+    with pytest.raises(Stop):
+        build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
+                           progress=StopAfterOne())
+    assert TeacherCache(tmp_path / "part").done == 2
+    resumed = build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K)
+    for name in whole.arrays:
+        np.testing.assert_array_equal(whole[name], resumed[name])
+    assert whole.meta["tokens_hash"]
+    with pytest.raises(ValueError, match="another plan"):
+        build_greedy_cache(target, tmp_path / "part", plan[::-1], ROW, ids, rows, K)
+
+    other = build_cache(target, tmp_path / "teacher", tokens[:, :ROW].copy(),
+                        np.minimum(lengths, ROW), ids, rows, K)
+    joined = JoinedCache([other, whole], [1, 2])
+    assert joined.rows == other.rows + 2 * whole.rows
+    idx = np.array([other.rows + 1, 0, other.rows + whole.rows + 1, 3])
+    b = joined.batch(idx)
+    np.testing.assert_array_equal(b["tokens"][0], whole["tokens"][1])
+    np.testing.assert_array_equal(b["tokens"][1], other["tokens"][0])
+    np.testing.assert_array_equal(b["tokens"][2], whole["tokens"][1])
+    np.testing.assert_array_equal(b["hidden"][3], other["hidden"][3].astype(np.float32))
+    assert JoinedCache([other, whole], [1, 1]).meta["tokens_hash"] != joined.meta["tokens_hash"]
