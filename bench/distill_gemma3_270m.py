@@ -12,6 +12,17 @@ the OUT folder copied) left it: generation rounds, teacher cache rows and traini
 steps are all on disk under OUT/.work. `gemma-mtp distill` runs the same function;
 this script fixes the settings. The held-out prompts of bench/heldout_prompts.txt are
 kept out of the training data (`exclude`).
+
+Stage 2 (`--stage2 STAGE1_OUT`, the shipped drafter since v2): greedy decoding verifies
+the target's greedy text, which stage 1 has little of (one continuation per prompt).
+Its `sampled.json` and local text give 1,536 prefixes (cut at 16-48 tokens), each
+continued greedily to 128 tokens by the target and labelled in the same pass
+(`distill_greedy`); stage 1's drafter is then fine-tuned on stage 1's teacher cache
+plus these rows (twice). The greedy rows come in GREEDY_SHARDS parts, which separate
+processes may build at once (`--shard i`); the training run then joins them:
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v2/drafter \
+        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter
 """
 
 from __future__ import annotations
@@ -45,6 +56,84 @@ RECIPE = DistillConfig(
 )
 
 
+STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 400, "batch": 16,
+          "draft_depth": 4, "lr": 1e-3, "seed": 1}
+GREEDY_SHARDS = 2
+
+
+def held_out_prompts() -> list[str]:
+    """bench/heldout_prompts.txt and distill's own held-out split of the prompt set."""
+    from gemma_mtp_mlx import distill_data as data
+
+    _, held = data.split_prompts(data.load_prompts(None), seed=RECIPE.seed)
+    return [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))] + [p for _, p in held]
+
+
+def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=None) -> dict:
+    """Greedy rows (all shards, or only `shard`), then stage 1's drafter fine-tuned."""
+    import mlx.core as mx
+    import numpy as np
+
+    from gemma_mtp_mlx import distill_greedy as greedy
+    from gemma_mtp_mlx.distill import (
+        Reporter,
+        build_drafter,
+        evaluate,
+        export_checkpoint,
+        save_drafter,
+        target_fingerprint,
+        target_head_rows,
+    )
+    from gemma_mtp_mlx.distill_cache import TeacherCache
+    from gemma_mtp_mlx.distill_train import TrainConfig, train
+
+    work = out / ".work"
+    init = work / "init-f32"
+    if not (init / "config.json").is_file():
+        export_checkpoint(stage1, init, None, 0)
+    drafter = build_drafter(json.loads((init / "config.json").read_text()))
+    drafter.load_weights(str(init / "model.safetensors"))
+    drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
+    ids = np.array(drafter.draft_token_ids)
+    rows = np.array(target_head_rows(target, mx.array(ids)))
+    sampled = json.loads((stage1 / ".work" / "sampled.json").read_text())["sequences"]
+    held = held_out_prompts()
+    plan = greedy.prefix_plan(greedy.prefix_sources(tokenizer, sampled, held),
+                              STAGE2["rows"], STAGE2["gen_batch"], seed=0)
+    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    shards = range(GREEDY_SHARDS) if shard is None else [shard]
+    with Reporter() as rep:
+        parts = [greedy.build_greedy_cache(
+            target, work / f"greedy{i}", plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows,
+            RECIPE.top_k, eos, target_fingerprint(target), rep) for i in shards]
+        if shard is not None:
+            return {"greedy_rows": parts[0].rows}
+        cache = greedy.JoinedCache([TeacherCache(stage1 / ".work" / "cache"), *parts],
+                                   [1] + [STAGE2["repeat"]] * GREEDY_SHARDS)
+        config = json.loads((init / "config.json").read_text())
+        config.pop("dtype", None)
+        cfg = TrainConfig(steps=STAGE2["steps"], batch=STAGE2["batch"],
+                          draft_depth=STAGE2["draft_depth"], lr=STAGE2["lr"], seed=STAGE2["seed"])
+        meta = {"config": config, "settings": STAGE2, "cache": cache.meta["tokens_hash"]}
+        task = rep.add_task("training", total=cfg.steps)
+
+        def report(step, loss, top1):
+            rep.update(task, step, f"loss {loss:.3f} top1 " + " ".join(f"{a:.2f}" for a in top1))
+
+        result = train(drafter, target, cache, cfg, work / "ckpt", meta, report)
+    if result["interrupted"]:
+        raise KeyboardInterrupt
+    held_ids = [list(tokenizer.encode(p)) for p in held[-8:]]
+    after = evaluate(target, drafter, held_ids, RECIPE.eval_k, RECIPE.eval_tokens)
+    save_drafter(drafter, config, out, target_dir, bits=RECIPE.save_bits)
+    summary = {"greedy_rows": sum(p.rows for p in parts), "joined_rows": cache.rows,
+               "train_seconds": result["seconds"], "trained_tokens": result["trained_tokens"],
+               "steps": result["steps"], "after": after,
+               "last": result["history"][-1] if result["history"] else None}
+    (out / "distill.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +146,10 @@ def main(argv=None):
                    help="seconds of training in this run (rerun to continue)")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="only write the latest checkpoint's drafter to DIR (no training)")
+    p.add_argument("--stage2", default=None, metavar="STAGE1_OUT",
+                   help="run stage 2 on a finished stage 1 (see above)")
+    p.add_argument("--shard", type=int, default=None,
+                   help="stage 2: only build this part of the greedy rows")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override a recipe field (for measurements; the shipped file "
                         "uses none)")
@@ -91,6 +184,11 @@ def main(argv=None):
         print(f"converted the GGUF in {time.perf_counter() - t:.1f} s", flush=True)
     target = load_target(target_dir)
     tokenizer = load_tokenizer(target_dir)
+    if args.stage2:
+        summary = stage2(target, tokenizer, target_dir, Path(args.out), Path(args.stage2),
+                         args.shard)
+        print(json.dumps(summary, indent=2), flush=True)
+        return
     summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,
                       time_budget=args.time_budget, **overrides)
     print(json.dumps(summary, indent=2), flush=True)

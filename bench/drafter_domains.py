@@ -23,16 +23,16 @@ from gemma_mtp_mlx.decoding import Decoder
 from gemma_mtp_mlx.distill_data import parse_prompts
 from gemma_mtp_mlx.loading import eos_ids, load_drafter, load_target
 from gemma_mtp_mlx.sampling import SamplingParams
-from gemma_mtp_mlx.schedule import make_schedule
+from gemma_mtp_mlx.schedule import ScheduleMemory, make_schedule
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
 
-def run(target, drafter, prompt, n, k, temperature, seed, eos):
+def run(target, drafter, prompt, n, k, temperature, seed, eos, memory=None):
     """(tokens, decode seconds, verify rounds, emitted in them, drafted, accepted)."""
     mx.random.seed(seed)
     dec = Decoder(target, drafter, SamplingParams(temperature=temperature))
-    schedule = make_schedule(k, drafter is not None)
+    schedule = make_schedule(k, drafter is not None, memory=memory)
     tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n, schedule, eos)
     verifies = [r for r in rounds if r.draft_len]
     return (tokens, seconds, len(verifies), sum(r.emitted for r in verifies),
@@ -71,6 +71,10 @@ def main(argv=None):
     p.add_argument("--prompts", default=str(HELDOUT))
     p.add_argument("--domains", nargs="*", default=None)
     p.add_argument("--chat-template", action="store_true")
+    p.add_argument("--memory", action="store_true",
+                   help="auto keeps one ScheduleMemory per temperature across all prompts, "
+                        "in file order, as the product keeps one per drafter across requests "
+                        "(default: a fresh auto per prompt)")
     args = p.parse_args(argv)
     C.setup(args)
     from mlx_lm.utils import load_tokenizer
@@ -95,6 +99,7 @@ def main(argv=None):
     for temperature in args.temperature:
         overall = {"totals": [0, 0, 0, 0], "plain": [0, 0.0], "draft": [0, 0.0], "same": True,
                    "emitted": []}
+        memory = ScheduleMemory() if args.memory else None
         for domain, prompts in by_domain.items():
             speeds = {"plain": [], "draft": []}
             totals, emitted = [0, 0, 0, 0], []
@@ -107,7 +112,7 @@ def main(argv=None):
                         seed = 1000 * r + i
                         toks, dt, *counts = run(target, drafter if use == "draft" else None,
                                                 prompt, args.tokens, args.k, temperature,
-                                                seed, eos)
+                                                seed, eos, memory if use == "draft" else None)
                         n_tok += len(toks) - 1
                         secs += dt
                         if use == "plain" and r == 0:
@@ -138,7 +143,8 @@ def main(argv=None):
                     "speedup", "= plain"], rows)
     notes = (f"Target {args.target}, drafter {args.drafter}, {target.dtype}; held-out prompts "
              f"({args.prompts}), up to {args.tokens} new tokens each (EOS stops), {args.runs} "
-             "runs alternated, medians of per-domain tok/s.")
+             "runs alternated, medians of per-domain tok/s"
+             + ("; auto's memory kept across prompts." if args.memory else "."))
     C.report("Distilled drafter on real weights, per domain", body, args.append, notes)
 
 
