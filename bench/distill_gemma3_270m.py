@@ -56,7 +56,7 @@ RECIPE = DistillConfig(
 )
 
 
-STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 400, "batch": 16,
+STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 300, "batch": 16,
           "draft_depth": 4, "lr": 1e-3, "seed": 1}
 GREEDY_SHARDS = 2
 
