@@ -529,6 +529,11 @@ def distill(
     prompts: Annotated[
         Path | None, typer.Option("--prompts", help="Extra prompts, one per line.")
     ] = None,
+    greedy_rows: Annotated[
+        int, typer.Option("--greedy-rows", min=0,
+                          help="Also train on the target's greedy continuations of N prefixes "
+                               "of its own text (what greedy decoding verifies).")
+    ] = 0,
 ) -> None:
     """Train an MTP drafter for a target by self-distillation (resumable)."""
     from .distill import distill_command
@@ -541,6 +546,7 @@ def distill(
             model, str(out), init=str(init) if init else None, tokens=tokens, steps=steps,
             draft_depth=draft_depth, hidden=hidden, vocab_subset=vocab_subset, batch=batch,
             lr=lr, seed=seed, prompts=str(prompts) if prompts else None,
+            greedy_rows=greedy_rows,
         )
     except (ModelLoadError, ValueError, OSError) as e:
         fail(first_line(e))

@@ -36,6 +36,7 @@ from mlx.utils import tree_flatten
 from . import distill_data as data
 from .decoding import Decoder, DraftSchedule, Session
 from .distill_cache import LiveTeacher, blas_threads, build_cache
+from .distill_greedy import JoinedCache, build_greedy_cache, prefix_plan, prefix_sources
 from .distill_train import TrainConfig, checkpoint_path, train
 from .models import gemma4_assistant
 
@@ -68,6 +69,8 @@ class DistillConfig:
     gen_batch: int = 16  # sequences generated at a time
     prompts: str | None = None  # extra training prompts, one per line
     exclude: str | None = None  # prompts to keep out of training (e.g. a benchmark's)
+    greedy_rows: int = 0  # greedy continuations of as many prefixes (distill_greedy)
+    greedy_repeat: int = 2  # times each greedy row counts per epoch
     # drafter
     init: str | None = None  # start from this drafter (fine-tune)
     hidden: int | None = None  # drafter width (default: the target's)
@@ -366,9 +369,24 @@ def prepare_data(target, tokenizer, cfg: DistillConfig, work: Path, rep: Reporte
         "rows": int(rows.shape[0]), "row_tokens": int(lengths.sum()),
         "generate_seconds": time.perf_counter() - t0,
         "subset_coverage_greedy": float(in_subset.mean()) if in_subset.size else None,
-        "held_out_prompts": [p for _, p in held],
+        "held_out_prompts": [p for _, p in held], "keep_out": keep_out, "sampled": sampled,
     }
     return rows, lengths, config, drafter, stats
+
+
+def greedy_rows(target, tokenizer, cfg: DistillConfig, work: Path, sampled, keep_out,
+                head_ids, head_rows, rep):
+    """Stage 1b: the target's greedy continuations of `cfg.greedy_rows` prefixes of its
+    sampled text and of local text, labelled as they are generated (`distill_greedy`)."""
+    sources = prefix_sources(tokenizer, sampled, keep_out)
+    plan = prefix_plan(sources, cfg.greedy_rows, cfg.gen_batch, cfg.seed,
+                       cuts=tuple(c for c in (16, 24, 32, 48) if c <= cfg.seq_len // 2))
+    if not plan:
+        raise ValueError("no text to cut greedy prefixes from: raise --tokens")
+    eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", ()) or ()))
+    return build_greedy_cache(target, work / "greedy", plan, cfg.seq_len, head_ids,
+                              head_rows, cfg.top_k, eos, target_fingerprint(target), rep,
+                              dtype=cfg.cache_dtype)
 
 
 def distill(
@@ -393,6 +411,12 @@ def distill(
                 target_key=target_fingerprint(target), progress=rep, dtype=cfg.cache_dtype)
         else:
             cache = LiveTeacher(target, rows, lengths, head_rows, cfg.top_k)
+        keep_out, sampled = stats.pop("keep_out"), stats.pop("sampled")
+        if cfg.greedy_rows:
+            greedy = greedy_rows(target, tokenizer, cfg, work, sampled, keep_out, ids,
+                                 head_rows, rep)
+            stats["greedy_rows"] = greedy.rows
+            cache = JoinedCache([cache, greedy], [1, cfg.greedy_repeat])
         cache_seconds = time.perf_counter() - t0
         held_ids = [data.encode(tokenizer, p) for p in stats.pop("held_out_prompts")]
         meta = {"config": config, "settings": cfg.fingerprint(), "cache": cache.meta["tokens_hash"]}
@@ -419,6 +443,7 @@ def distill(
         "out": str(out), **stats,
         "cache_seconds": cache_seconds,
         "cache_bytes_per_token": cache.nbytes_per_token() if cfg.teacher_cache else 0,
+        "training_rows": cache.rows,
         "train_seconds": result["seconds"], "trained_tokens": result["trained_tokens"],
         "steps": result["steps"], "start_step": result["start_step"],
         "seconds_per_million_tokens": result["seconds"] / trained * 1e6,

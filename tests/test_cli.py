@@ -603,7 +603,8 @@ def test_distill_passes_its_options(monkeypatch, tmp_path):
     monkeypatch.setattr(distill, "distill_command", distill_command)
     out = tmp_path / "drafter"
     args = ["distill", "-m", E2B, "-o", out, "--tokens", "1000", "--hidden", "32",
-            "--vocab-subset", "256", "--batch", "2", "--init", E2B / "drafter", "--seed", "7"]
+            "--vocab-subset", "256", "--batch", "2", "--init", E2B / "drafter", "--seed", "7",
+            "--greedy-rows", "64"]
     result = run(*args, "--steps", "3")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == {"trained_tokens": 42}
@@ -611,7 +612,7 @@ def test_distill_passes_its_options(monkeypatch, tmp_path):
     assert (model, target) == (str(E2B), str(out))
     assert options == {"init": str(E2B / "drafter"), "tokens": 1000, "steps": 3,
                        "draft_depth": 3, "hidden": 32, "vocab_subset": 256, "batch": 2,
-                       "lr": 1e-3, "seed": 7, "prompts": None}
+                       "lr": 1e-3, "seed": 7, "prompts": None, "greedy_rows": 64}
     line = one_error_line(run(*args, "--steps", "13"), 1)
     assert line == "error: too few tokens for one batch"
 

@@ -193,3 +193,18 @@ def test_rows_start_with_bos_and_pad_after_their_length():
     tokens, lengths = data.make_rows([[2, 5, 6, 7, 8, 9], [2, 4]], 4, bos=2, min_len=2)
     assert tokens.tolist() == [[2, 5, 6, 7], [2, 8, 9, 0], [2, 4, 0, 0]]
     assert lengths.tolist() == [4, 3, 2]
+
+
+def test_greedy_rows_join_the_training_data(tmp_path):
+    target, tok = tiny()
+    kw = dict(target_dir=TARGET, tokens=3000, local_share=0.25, steps=6, draft_depth=2,
+              hidden=32, vocab_subset=384, batch=8, seq_len=48, gen_batch=16,
+              exclude=str(HELDOUT), eval_tokens=0, greedy_rows=32, greedy_repeat=3)
+    s = distill(target, tok, tmp_path / "drafter", **kw)
+    assert s["greedy_rows"] == 32
+    assert s["training_rows"] == s["rows"] + 3 * 32
+    greedy = np.load(tmp_path / "drafter" / ".work" / "greedy" / "tokens.npy")
+    held = [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))]
+    assert not any(data.contains_held_out(tok.decode(list(r)), held) for r in greedy)
+    again = distill(target, tok, tmp_path / "drafter", **kw)  # resumes: nothing left to do
+    assert again["steps"] == 6 and again["start_step"] == 6
