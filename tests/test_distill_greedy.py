@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from test_distill_train import K, data, tiny
+from test_distill_train import K, Stop, StopAt, data, tiny
 
 from gemma_mtp_mlx.distill_cache import TeacherCache, build_cache, teacher_pass
 from gemma_mtp_mlx.distill_greedy import (
@@ -77,19 +77,9 @@ def test_greedy_cache_resumes_refuses_another_plan_and_joins(tmp_path):
     plan = [prefixes(2, 6, 0), prefixes(2, 8, 1)]
     whole = build_greedy_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K)
 
-    class Stop(Exception):
-        pass
-
-    class StopAfterOne:
-        def add_task(self, *a, **k):
-            return 0
-
-        def update(self, task, completed):
-            raise Stop
-
     with pytest.raises(Stop):
         build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
-                           progress=StopAfterOne())
+                           progress=StopAt(1))
     assert TeacherCache(tmp_path / "part").done == 2
     resumed = build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K)
     for name in whole.arrays:

@@ -180,25 +180,32 @@ def test_cached_teacher_trains_the_same_drafter_as_a_live_one(tmp_path):
                                    [h["loss"] for h in live_run["history"]], rtol=rtol)
 
 
+class Stop(Exception):
+    pass
+
+
+class StopAt:
+    """A progress reporter that interrupts a build once `rows` rows are done."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, task, completed):
+        if completed >= self.rows:
+            raise Stop
+
+
 def test_cache_build_resumes_and_refuses_other_data(tmp_path):
     ids, rows, tokens, lengths = data()
     target = tiny()
     whole = build_cache(target, tmp_path / "whole", tokens, lengths, ids, rows, K, batch=4)
 
-    class Stop(Exception):
-        pass
-
-    class StopAfterOne:
-        def add_task(self, *a, **k):
-            return 0
-
-        def update(self, task, completed):
-            if completed >= 4:
-                raise Stop
-
     with pytest.raises(Stop):
         build_cache(target, tmp_path / "part", tokens, lengths, ids, rows, K, batch=4,
-                    progress=StopAfterOne())
+                    progress=StopAt(4))
     assert TeacherCache(tmp_path / "part").done == 4
     resumed = build_cache(target, tmp_path / "part", tokens, lengths, ids, rows, K, batch=4)
     for name in whole.arrays:
