@@ -116,17 +116,24 @@ def teacher_pass(target, tokens: np.ndarray, head_rows: np.ndarray, k: int) -> d
     cache = [KVCache() for _ in target.layer_types]
     with blas_threads(1):
         hidden = target.hidden(mx.array(tokens), cache).astype(mx.float32)
-        kv = target.shared_kv(cache)
-        mx.eval(hidden, kv)
-    out = {"hidden": np.array(hidden)}
+        mx.eval(hidden)
+    return labels(target, np.array(hidden), cache, head_rows, k)
+
+
+def labels(target, hidden: np.ndarray, cache: list, head_rows: np.ndarray, k: int) -> dict:
+    """What the cache stores for rows whose forward pass left post-norm `hidden` [B, T, H]
+    (float32) and the layer caches `cache`: the hidden states, the shared layers' K/V and
+    the top `k` of the teacher over `head_rows`."""
+    out = {"hidden": hidden}
+    kv = target.shared_kv(cache)
     for kind in KINDS:
         keys, values = kv[kind]
         out["kv_" + kind] = np.stack([np.array(keys.astype(mx.float32)),
                                       np.array(values.astype(mx.float32))], axis=1)
-    B, T, H = out["hidden"].shape
+    B, T, H = hidden.shape
     softcap = getattr(target.lm, "final_logit_softcapping", None)
     with blas_threads(threads_for(B * T, H, head_rows.shape[0])):
-        logp = log_softmax(head_logits(out["hidden"].reshape(B * T, H), head_rows, softcap))
+        logp = log_softmax(head_logits(hidden.reshape(B * T, H), head_rows, softcap))
     ids, vals = top_k(logp, k)
     out["top_ids"], out["top_logp"] = ids.reshape(B, T, k), vals.reshape(B, T, k)
     return out

@@ -16,7 +16,6 @@ with `meta.json` counting the rows done, so an interrupted build resumes.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -24,13 +23,12 @@ import mlx.core as mx
 import numpy as np
 
 from .distill_cache import (
-    KINDS,
     TeacherCache,
     _hash,
+    _write_json,
     blas_threads,
-    log_softmax,
+    labels,
     threads_for,
-    top_k,
 )
 from .models.cache import KVCache
 
@@ -86,27 +84,14 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
             nxt = np.array(mx.argmax(target.logits(mx.array(h[:, -1])), axis=-1), np.int32)
         tokens[:, pos] = nxt
         x = mx.array(nxt[:, None])
-    kv = target.shared_kv(cache)
-    out = {"hidden": hidden, "tokens": tokens}
-    for kind in KINDS:
-        keys, values = kv[kind]
-        out["kv_" + kind] = np.stack([np.array(keys.astype(mx.float32)),
-                                      np.array(values.astype(mx.float32))], axis=1)
+    out = labels(target, hidden, cache, head_rows, k)
     lengths = np.full(B, row_len, np.int32)
     for b in range(B):
         hits = np.nonzero(np.isin(tokens[b, L:], list(eos)))[0]
         if hits.size:
             lengths[b] = L + hits[0] + 1
             tokens[b, lengths[b]:] = 0
-    out["lengths"] = lengths
-    softcap = getattr(target.lm, "final_logit_softcapping", None)
-    with blas_threads(threads_for(B * row_len, hidden.shape[-1], len(head_rows))):
-        logits = hidden.reshape(B * row_len, -1) @ head_rows.T
-        if softcap:
-            logits = np.tanh(logits / softcap) * softcap
-        logp = log_softmax(logits)
-    ids, vals = top_k(logp, k)
-    out["top_ids"], out["top_logp"] = ids.reshape(B, row_len, k), vals.reshape(B, row_len, k)
+    out["tokens"], out["lengths"] = tokens, lengths
     return out
 
 
@@ -166,12 +151,6 @@ def _allocate(target, path, rows, row_len, head_ids, k, dtype, target_key, plan_
             "done": 0, "plan_hash": plan_hash, "arrays": list(shapes)}
     _write_json(path / "meta.json", meta)
     return meta
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 class JoinedCache:
