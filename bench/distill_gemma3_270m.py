@@ -59,6 +59,9 @@ RECIPE = DistillConfig(
 STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 300, "batch": 16,
           "draft_depth": 4, "lr": 1e-3, "seed": 1}
 GREEDY_SHARDS = 2
+# Rounds of greedy rows the training joins. The shipped drafter used round 0 only; round 1
+# (cuts 20/28/36/52, plan seed 1) can be built ahead with `--greedy-round 1 [--shard i]`.
+GREEDY_ROUNDS = 1
 
 
 def held_out_prompts() -> list[str]:
@@ -69,8 +72,10 @@ def held_out_prompts() -> list[str]:
     return [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))] + [p for _, p in held]
 
 
-def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=None) -> dict:
-    """Greedy rows (all shards, or only `shard`), then stage 1's drafter fine-tuned."""
+def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=None,
+           greedy_round=None) -> dict:
+    """Greedy rows (all rounds and shards, or only `greedy_round` / `shard`: then only
+    those rows), then stage 1's drafter fine-tuned on them."""
     import mlx.core as mx
     import numpy as np
 
@@ -98,18 +103,23 @@ def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=N
     rows = np.array(target_head_rows(target, mx.array(ids)))
     sampled = json.loads((stage1 / ".work" / "sampled.json").read_text())["sequences"]
     held = held_out_prompts()
-    plan = greedy.prefix_plan(greedy.prefix_sources(tokenizer, sampled, held),
-                              STAGE2["rows"], STAGE2["gen_batch"], seed=0)
+    sources = greedy.prefix_sources(tokenizer, sampled, held)
     eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    rounds = range(GREEDY_ROUNDS) if greedy_round is None else [greedy_round]
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
     with Reporter() as rep:
-        parts = [greedy.build_greedy_cache(
-            target, work / f"greedy{i}", plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows,
-            RECIPE.top_k, eos, target_fingerprint(target), rep) for i in shards]
-        if shard is not None:
-            return {"greedy_rows": parts[0].rows}
+        parts = []
+        for r in rounds:  # round r: cuts 4r tokens longer, plan seed r
+            plan = greedy.prefix_plan(sources, STAGE2["rows"], STAGE2["gen_batch"], seed=r,
+                                      cuts=tuple(c + 4 * r for c in greedy.CUTS))
+            parts += [greedy.build_greedy_cache(
+                target, work / (f"greedy{i}" if r == 0 else f"greedy_r{r}_{i}"),
+                plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows, RECIPE.top_k, eos,
+                target_fingerprint(target), rep) for i in shards]
+        if shard is not None or greedy_round is not None:
+            return {"greedy_rows": sum(p.rows for p in parts)}
         cache = greedy.JoinedCache([TeacherCache(stage1 / ".work" / "cache"), *parts],
-                                   [1] + [STAGE2["repeat"]] * GREEDY_SHARDS)
+                                   [1] + [STAGE2["repeat"]] * len(parts))
         config = json.loads((init / "config.json").read_text())
         config.pop("dtype", None)
         cfg = TrainConfig(steps=STAGE2["steps"], batch=STAGE2["batch"],
@@ -150,6 +160,8 @@ def main(argv=None):
                    help="run stage 2 on a finished stage 1 (see above)")
     p.add_argument("--shard", type=int, default=None,
                    help="stage 2: only build this part of the greedy rows")
+    p.add_argument("--greedy-round", type=int, default=None,
+                   help="stage 2: only build this round of greedy rows (see GREEDY_ROUNDS)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override a recipe field (for measurements; the shipped file "
                         "uses none)")
@@ -186,7 +198,7 @@ def main(argv=None):
     tokenizer = load_tokenizer(target_dir)
     if args.stage2:
         summary = stage2(target, tokenizer, target_dir, Path(args.out), Path(args.stage2),
-                         args.shard)
+                         args.shard, args.greedy_round)
         print(json.dumps(summary, indent=2), flush=True)
         return
     summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,
