@@ -36,7 +36,7 @@ from mlx.utils import tree_flatten
 from . import distill_data as data
 from .decoding import Decoder, DraftSchedule, Session
 from .distill_cache import LiveTeacher, blas_threads, build_cache
-from .distill_greedy import JoinedCache, build_greedy_cache, prefix_plan, prefix_sources
+from .distill_greedy import CUTS, JoinedCache, build_greedy_cache, prefix_plan, prefix_sources
 from .distill_train import TrainConfig, checkpoint_path, train
 from .models import gemma4_assistant
 
@@ -380,7 +380,7 @@ def greedy_rows(target, tokenizer, cfg: DistillConfig, work: Path, sampled, keep
     sampled text and of local text, labelled as they are generated (`distill_greedy`)."""
     sources = prefix_sources(tokenizer, sampled, keep_out)
     plan = prefix_plan(sources, cfg.greedy_rows, cfg.gen_batch, cfg.seed,
-                       cuts=tuple(c for c in (16, 24, 32, 48) if c <= cfg.seq_len // 2))
+                       cuts=tuple(c for c in CUTS if c <= cfg.seq_len // 2))
     if not plan:
         raise ValueError("no text to cut greedy prefixes from: raise --tokens")
     eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", ()) or ()))
@@ -412,12 +412,13 @@ def distill(
         else:
             cache = LiveTeacher(target, rows, lengths, head_rows, cfg.top_k)
         keep_out, sampled = stats.pop("keep_out"), stats.pop("sampled")
+        cache_seconds = time.perf_counter() - t0
         if cfg.greedy_rows:
             greedy = greedy_rows(target, tokenizer, cfg, work, sampled, keep_out, ids,
                                  head_rows, rep)
             stats["greedy_rows"] = greedy.rows
+            stats["greedy_seconds"] = time.perf_counter() - t0 - cache_seconds
             cache = JoinedCache([cache, greedy], [1, cfg.greedy_repeat])
-        cache_seconds = time.perf_counter() - t0
         held_ids = [data.encode(tokenizer, p) for p in stats.pop("held_out_prompts")]
         meta = {"config": config, "settings": cfg.fingerprint(), "cache": cache.meta["tokens_hash"]}
         ckpt = work / "ckpt"

@@ -201,7 +201,7 @@ def test_greedy_rows_join_the_training_data(tmp_path):
               hidden=32, vocab_subset=384, batch=8, seq_len=48, gen_batch=16,
               exclude=str(HELDOUT), eval_tokens=0, greedy_rows=32, greedy_repeat=3)
     s = distill(target, tok, tmp_path / "drafter", **kw)
-    assert s["greedy_rows"] == 32
+    assert s["greedy_rows"] == 32 and s["greedy_seconds"] > 0
     assert s["training_rows"] == s["rows"] + 3 * 32
     greedy = np.load(tmp_path / "drafter" / ".work" / "greedy" / "tokens.npy")
     held = [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))]
