@@ -125,12 +125,7 @@ def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=N
         cfg = TrainConfig(steps=STAGE2["steps"], batch=STAGE2["batch"],
                           draft_depth=STAGE2["draft_depth"], lr=STAGE2["lr"], seed=STAGE2["seed"])
         meta = {"config": config, "settings": STAGE2, "cache": cache.meta["tokens_hash"]}
-        task = rep.add_task("training", total=cfg.steps)
-
-        def report(step, loss, top1):
-            rep.update(task, step, f"loss {loss:.3f} top1 " + " ".join(f"{a:.2f}" for a in top1))
-
-        result = train(drafter, target, cache, cfg, work / "ckpt", meta, report)
+        result = train(drafter, target, cache, cfg, work / "ckpt", meta, rep.training(cfg.steps))
     if result["interrupted"]:
         raise KeyboardInterrupt
     held_ids = [list(tokenizer.encode(p)) for p in held[-8:]]

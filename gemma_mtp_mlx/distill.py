@@ -317,6 +317,15 @@ class Reporter:
         self.tasks[task] = [description, total, completed, time.perf_counter(), completed, 0.0]
         return task
 
+    def training(self, steps: int):
+        """A `train` report callback: a "training" task showing loss and top-1 per depth."""
+        task = self.add_task("training", total=steps)
+
+        def report(step, loss, top1):
+            self.update(task, step, f"loss {loss:.3f} top1 " + " ".join(f"{a:.2f}" for a in top1))
+
+        return report
+
     def update(self, task, completed, info: str = ""):
         self.progress.update(task, completed=completed, info=info)
         state = self.tasks[task]
@@ -425,12 +434,8 @@ def distill(
         fresh = checkpoint_path(ckpt) is None
         before = evaluate(target, drafter, held_ids, cfg.eval_k, cfg.eval_tokens) if (
             fresh and cfg.eval_tokens) else None
-        task = rep.add_task("training", total=cfg.steps)
-
-        def report(step, loss, top1):
-            rep.update(task, step, f"loss {loss:.3f} top1 " + " ".join(f"{a:.2f}" for a in top1))
-
-        result = train(drafter, target, cache, cfg.train_config(), ckpt, meta, report)
+        result = train(drafter, target, cache, cfg.train_config(), ckpt, meta,
+                       rep.training(cfg.steps))
     if result["interrupted"]:
         rep.say(f"stopped at step {result['steps']} with a checkpoint: "
                 "run the same command to resume")

@@ -193,7 +193,7 @@ def prefix_sources(tokenizer, sampled: list[list[int]], held_out, windows: int =
     from . import distill_data as data
 
     keep = data.drop_held_out(tokenizer, sampled, held_out)
-    rng, cut = random.Random(7), []
+    rng, cut = random.Random(7), []  # fixed: the shipped stage 2's plan was cut with it
     for doc in data.local_corpus(tokenizer, 400_000, seed, held_out):
         if len(doc) > 200:
             off = rng.randrange(1, len(doc) - 150)
