@@ -23,6 +23,14 @@ processes may build at once (`--shard i`); the training run then joins them:
 
     python bench/distill_gemma3_270m.py --out /work/runs/v2/drafter \
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter
+
+Stage 3 (`--stage3 STAGE2_OUT` with `--stage2 STAGE1_OUT`): stage 2's drafter fine-tuned
+again (STAGE3) on stage 1's cache and two rounds of greedy rows (round 1 is built into
+STAGE2_OUT/.work first if it is not there yet):
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v3/drafter \
+        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \
+        --stage3 /work/runs/v2/drafter
 """
 
 from __future__ import annotations
@@ -56,12 +64,14 @@ RECIPE = DistillConfig(
 )
 
 
+# rows: greedy rows a round; greedy_rounds: rounds the training joins (round r: cuts 4r
+# tokens longer, plan seed r; a later round can be built ahead with `--greedy-round r`);
+# repeat: each greedy row counts this often, stage 1's cache row stage1_weight times.
 STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 300, "batch": 16,
-          "draft_depth": 4, "lr": 1e-3, "seed": 1}
+          "draft_depth": 4, "lr": 1e-3, "seed": 1, "greedy_rounds": 1, "stage1_weight": 1}
+STAGE3 = {"repeat": 2, "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 2,
+          "greedy_rounds": 2, "stage1_weight": 1}
 GREEDY_SHARDS = 2
-# Rounds of greedy rows the training joins. The shipped drafter used round 0 only; round 1
-# (cuts 20/28/36/52, plan seed 1) can be built ahead with `--greedy-round 1 [--shard i]`.
-GREEDY_ROUNDS = 1
 
 
 def held_out_prompts() -> list[str]:
@@ -72,69 +82,92 @@ def held_out_prompts() -> list[str]:
     return [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))] + [p for _, p in held]
 
 
+def greedy_parts(target, tokenizer, work: Path, stage1: Path, ids, rows, rounds, shards, rep):
+    """The greedy rows of `rounds` x `shards` under `work` (built, or resumed, or read)."""
+    from gemma_mtp_mlx import distill_greedy as greedy
+    from gemma_mtp_mlx.distill import target_fingerprint
+
+    sampled = json.loads((stage1 / ".work" / "sampled.json").read_text())["sequences"]
+    sources = greedy.prefix_sources(tokenizer, sampled, held_out_prompts())
+    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    parts = []
+    for r in rounds:  # round r: cuts 4r tokens longer, plan seed r
+        plan = greedy.prefix_plan(sources, STAGE2["rows"], STAGE2["gen_batch"], seed=r,
+                                  cuts=tuple(c + 4 * r for c in greedy.CUTS))
+        parts += [greedy.build_greedy_cache(
+            target, work / (f"greedy{i}" if r == 0 else f"greedy_r{r}_{i}"),
+            plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows, RECIPE.top_k, eos,
+            target_fingerprint(target), rep) for i in shards]
+    return parts
+
+
 def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=None,
-           greedy_round=None) -> dict:
-    """Greedy rows (all rounds and shards, or only `greedy_round` / `shard`: then only
-    those rows), then stage 1's drafter fine-tuned on them."""
+           greedy_round=None, stage2_out: Path | None = None) -> dict:
+    """Stage 2 (`stage2_out` None) or 3: the greedy rows (all rounds and shards, or only
+    `greedy_round` / `shard`: then only those rows), then the previous stage's drafter
+    fine-tuned on them and stage 1's cache. Stage 3 reads stage 2's greedy rows."""
     import mlx.core as mx
     import numpy as np
 
-    from gemma_mtp_mlx import distill_greedy as greedy
     from gemma_mtp_mlx.distill import (
         Reporter,
         build_drafter,
-        evaluate,
         export_checkpoint,
-        save_drafter,
-        target_fingerprint,
         target_head_rows,
     )
     from gemma_mtp_mlx.distill_cache import TeacherCache
-    from gemma_mtp_mlx.distill_train import TrainConfig, train
+    from gemma_mtp_mlx.distill_greedy import JoinedCache
 
+    settings = STAGE2 if stage2_out is None else STAGE3
     work = out / ".work"
     init = work / "init-f32"
     if not (init / "config.json").is_file():
-        export_checkpoint(stage1, init, None, 0)
+        export_checkpoint(stage1 if stage2_out is None else stage2_out, init, None, 0)
     drafter = build_drafter(json.loads((init / "config.json").read_text()))
     drafter.load_weights(str(init / "model.safetensors"))
     drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
     ids = np.array(drafter.draft_token_ids)
     rows = np.array(target_head_rows(target, mx.array(ids)))
-    sampled = json.loads((stage1 / ".work" / "sampled.json").read_text())["sequences"]
-    held = held_out_prompts()
-    sources = greedy.prefix_sources(tokenizer, sampled, held)
-    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
-    rounds = range(GREEDY_ROUNDS) if greedy_round is None else [greedy_round]
+    rounds = range(settings["greedy_rounds"]) if greedy_round is None else [greedy_round]
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
+    greedy_work = work if stage2_out is None else stage2_out / ".work"
     with Reporter() as rep:
-        parts = []
-        for r in rounds:  # round r: cuts 4r tokens longer, plan seed r
-            plan = greedy.prefix_plan(sources, STAGE2["rows"], STAGE2["gen_batch"], seed=r,
-                                      cuts=tuple(c + 4 * r for c in greedy.CUTS))
-            parts += [greedy.build_greedy_cache(
-                target, work / (f"greedy{i}" if r == 0 else f"greedy_r{r}_{i}"),
-                plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows, RECIPE.top_k, eos,
-                target_fingerprint(target), rep) for i in shards]
+        parts = greedy_parts(target, tokenizer, greedy_work, stage1, ids, rows, rounds, shards,
+                             rep)
         if shard is not None or greedy_round is not None:
             return {"greedy_rows": sum(p.rows for p in parts)}
-        cache = greedy.JoinedCache([TeacherCache(stage1 / ".work" / "cache"), *parts],
-                                   [1] + [STAGE2["repeat"]] * len(parts))
+        cache = JoinedCache([TeacherCache(stage1 / ".work" / "cache"), *parts],
+                            [settings["stage1_weight"]] + [settings["repeat"]] * len(parts))
         config = json.loads((init / "config.json").read_text())
         config.pop("dtype", None)
-        cfg = TrainConfig(steps=STAGE2["steps"], batch=STAGE2["batch"],
-                          draft_depth=STAGE2["draft_depth"], lr=STAGE2["lr"], seed=STAGE2["seed"])
-        meta = {"config": config, "settings": STAGE2, "cache": cache.meta["tokens_hash"]}
-        result = train(drafter, target, cache, cfg, work / "ckpt", meta, rep.training(cfg.steps))
+        result = finetune(drafter, target, cache, config, settings, work, rep)
+    return finish(target, tokenizer, drafter, config, target_dir, out, result,
+                  {"greedy_rows": sum(p.rows for p in parts), "joined_rows": cache.rows})
+
+
+def finetune(drafter, target, cache, config: dict, settings: dict, work: Path, rep) -> dict:
+    from gemma_mtp_mlx.distill_train import TrainConfig, train
+
+    cfg = TrainConfig(steps=settings["steps"], batch=settings["batch"],
+                      draft_depth=settings["draft_depth"], lr=settings["lr"],
+                      seed=settings["seed"])
+    meta = {"config": config, "settings": settings, "cache": cache.meta["tokens_hash"]}
+    result = train(drafter, target, cache, cfg, work / "ckpt", meta, rep.training(cfg.steps))
     if result["interrupted"]:
         raise KeyboardInterrupt
-    held_ids = [list(tokenizer.encode(p)) for p in held[-8:]]
+    return result
+
+
+def finish(target, tokenizer, drafter, config, target_dir, out: Path, result, data) -> dict:
+    """Held-out check, the 8-bit drafter folder, distill.json."""
+    from gemma_mtp_mlx.distill import evaluate, save_drafter
+
+    held_ids = [list(tokenizer.encode(p)) for p in held_out_prompts()[-8:]]
     after = evaluate(target, drafter, held_ids, RECIPE.eval_k, RECIPE.eval_tokens)
     save_drafter(drafter, config, out, target_dir, bits=RECIPE.save_bits)
-    summary = {"greedy_rows": sum(p.rows for p in parts), "joined_rows": cache.rows,
-               "train_seconds": result["seconds"], "trained_tokens": result["trained_tokens"],
-               "steps": result["steps"], "after": after,
-               "last": result["history"][-1] if result["history"] else None}
+    summary = {**data, "train_seconds": result["seconds"],
+               "trained_tokens": result["trained_tokens"], "steps": result["steps"],
+               "after": after, "last": result["history"][-1] if result["history"] else None}
     (out / "distill.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -153,6 +186,8 @@ def main(argv=None):
                    help="only write the latest checkpoint's drafter to DIR (no training)")
     p.add_argument("--stage2", default=None, metavar="STAGE1_OUT",
                    help="run stage 2 on a finished stage 1 (see above)")
+    p.add_argument("--stage3", default=None, metavar="STAGE2_OUT",
+                   help="run stage 3 on a finished stage 2 (with --stage2 STAGE1_OUT)")
     p.add_argument("--shard", type=int, default=None,
                    help="stage 2: only build this part of the greedy rows")
     p.add_argument("--greedy-round", type=int, default=None,
@@ -191,9 +226,12 @@ def main(argv=None):
         print(f"converted the GGUF in {time.perf_counter() - t:.1f} s", flush=True)
     target = load_target(target_dir)
     tokenizer = load_tokenizer(target_dir)
+    if args.stage3 and not args.stage2:
+        p.error("--stage3 needs --stage2 STAGE1_OUT (stage 1's cache and sampled text)")
     if args.stage2:
         summary = stage2(target, tokenizer, target_dir, Path(args.out), Path(args.stage2),
-                         args.shard, args.greedy_round)
+                         args.shard, args.greedy_round,
+                         Path(args.stage3) if args.stage3 else None)
         print(json.dumps(summary, indent=2), flush=True)
         return
     summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,
