@@ -31,6 +31,12 @@ STAGE2_OUT/.work first if it is not there yet):
     python bench/distill_gemma3_270m.py --out /work/runs/v3/drafter \
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \
         --stage3 /work/runs/v2/drafter
+
+Stage 4 (`--stage4 STAGE3_OUT`, with `--stage2` and `--stage3`): greedy rows continuing
+each prompt of bench/greedy_prompts.txt (600 prompts on other topics than both prompt
+sets, cut by `prompt_plan`; checked free of held-out prompts), built in OUT/.work
+(`--shard i` builds one part), then stage 3's drafter fine-tuned (STAGE4) on them, stage
+1's cache and stage 2's greedy rows.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ import common as C  # noqa: F401  (puts the repository on sys.path)
 
 from gemma_mtp_mlx.distill import DistillConfig, distill
 
-HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
+HERE = Path(__file__).resolve().parent
+HELDOUT = HERE / "heldout_prompts.txt"
 RECIPE = DistillConfig(
     tokens=250_000,  # data tokens: 30 % the target's own text, 70 % the Python stdlib's
     local_share=0.7,
@@ -71,6 +78,11 @@ STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 300, "batch": 16,
           "draft_depth": 4, "lr": 1e-3, "seed": 1, "greedy_rounds": 1, "stage1_weight": 1}
 STAGE3 = {"repeat": 2, "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 2,
           "greedy_rounds": 2, "stage1_weight": 1}
+# prompts: greedy rows continuing each prompt of this file (bench/), prompt_repeat times each
+STAGE4 = {"repeat": 2, "steps": 300, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 3,
+          "greedy_rounds": 2, "stage1_weight": 1, "prompts": "greedy_prompts.txt",
+          "prompt_repeat": 3}
+STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4}
 GREEDY_SHARDS = 2
 
 
@@ -101,11 +113,28 @@ def greedy_parts(target, tokenizer, work: Path, stage1: Path, ids, rows, rounds,
     return parts
 
 
-def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=None,
-           greedy_round=None, stage2_out: Path | None = None) -> dict:
-    """Stage 2 (`stage2_out` None) or 3: the greedy rows (all rounds and shards, or only
-    `greedy_round` / `shard`: then only those rows), then the previous stage's drafter
-    fine-tuned on them and stage 1's cache. Stage 3 reads stage 2's greedy rows."""
+def prompt_parts(target, tokenizer, work: Path, file: Path, ids, rows, shards, rep):
+    """Greedy rows continuing the prompts of `file` (cut by `prompt_plan`), under `work`."""
+    from gemma_mtp_mlx import distill_data as data
+    from gemma_mtp_mlx import distill_greedy as greedy
+    from gemma_mtp_mlx.distill import target_fingerprint
+
+    prompts = [list(tokenizer.encode(t)) for _, t in data.parse_prompts(file.read_text("utf-8"))]
+    if len(data.drop_held_out(tokenizer, prompts, held_out_prompts())) != len(prompts):
+        raise ValueError(f"{file} contains a held-out prompt")
+    plan = greedy.prompt_plan(prompts, STAGE2["gen_batch"])
+    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    return [greedy.build_greedy_cache(
+        target, work / f"prompts{i}", plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows,
+        RECIPE.top_k, eos, target_fingerprint(target), rep) for i in shards]
+
+
+def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], shard=None,
+          greedy_round=None) -> dict:
+    """Stage len(chain) + 1, after the stages whose OUT folders are `chain` (stage 1's
+    first): its greedy rows (all rounds and shards, or only `greedy_round` / `shard`:
+    then only those rows; stage 2 builds them, later stages read stage 2's), then the
+    previous stage's drafter fine-tuned on them and stage 1's cache."""
     import mlx.core as mx
     import numpy as np
 
@@ -118,31 +147,39 @@ def stage2(target, tokenizer, target_dir: Path, out: Path, stage1: Path, shard=N
     from gemma_mtp_mlx.distill_cache import TeacherCache
     from gemma_mtp_mlx.distill_greedy import JoinedCache
 
-    settings = STAGE2 if stage2_out is None else STAGE3
+    settings = STAGES[len(chain) + 1]
     work = out / ".work"
-    init = work / "init-f32"
-    if not (init / "config.json").is_file():
-        export_checkpoint(stage1 if stage2_out is None else stage2_out, init, None, 0)
-    drafter = build_drafter(json.loads((init / "config.json").read_text()))
-    drafter.load_weights(str(init / "model.safetensors"))
-    drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
-    ids = np.array(drafter.draft_token_ids)
+    # every stage keeps stage 1's head (draft_token_ids is frozen)
+    ids = np.array(mx.load(str(chain[0] / "model.safetensors"))["draft_token_ids"])
     rows = np.array(target_head_rows(target, mx.array(ids)))
     rounds = range(settings["greedy_rounds"]) if greedy_round is None else [greedy_round]
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
-    greedy_work = work if stage2_out is None else stage2_out / ".work"
+    greedy_work = work if len(chain) == 1 else chain[1] / ".work"
     with Reporter() as rep:
-        parts = greedy_parts(target, tokenizer, greedy_work, stage1, ids, rows, rounds, shards,
-                             rep)
+        parts = greedy_parts(target, tokenizer, greedy_work, chain[0], ids, rows, rounds,
+                             shards, rep)
+        prompt_rows = []
+        if settings.get("prompts") and greedy_round is None:
+            prompt_rows = prompt_parts(target, tokenizer, work, HERE / settings["prompts"], ids,
+                                       rows, shards, rep)
         if shard is not None or greedy_round is not None:
-            return {"greedy_rows": sum(p.rows for p in parts)}
-        cache = JoinedCache([TeacherCache(stage1 / ".work" / "cache"), *parts],
-                            [settings["stage1_weight"]] + [settings["repeat"]] * len(parts))
+            return {"greedy_rows": sum(p.rows for p in parts + prompt_rows)}
+        init = work / "init-f32"  # the previous stage's drafter, fixed at its first use
+        if not (init / "config.json").is_file():
+            export_checkpoint(chain[-1], init, None, 0)
+        drafter = build_drafter(json.loads((init / "config.json").read_text()))
+        drafter.load_weights(str(init / "model.safetensors"))
+        drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
+        assert (np.array(drafter.draft_token_ids) == ids).all()
+        cache = JoinedCache([TeacherCache(chain[0] / ".work" / "cache"), *parts, *prompt_rows],
+                            [settings["stage1_weight"]] + [settings["repeat"]] * len(parts)
+                            + [settings.get("prompt_repeat", 0)] * len(prompt_rows))
         config = json.loads((init / "config.json").read_text())
         config.pop("dtype", None)
         result = finetune(drafter, target, cache, config, settings, work, rep)
     return finish(target, tokenizer, drafter, config, target_dir, out, result,
-                  {"greedy_rows": sum(p.rows for p in parts), "joined_rows": cache.rows})
+                  {"greedy_rows": sum(p.rows for p in parts),
+                   "prompt_rows": sum(p.rows for p in prompt_rows), "joined_rows": cache.rows})
 
 
 def finetune(drafter, target, cache, config: dict, settings: dict, work: Path, rep) -> dict:
@@ -188,6 +225,8 @@ def main(argv=None):
                    help="run stage 2 on a finished stage 1 (see above)")
     p.add_argument("--stage3", default=None, metavar="STAGE2_OUT",
                    help="run stage 3 on a finished stage 2 (with --stage2 STAGE1_OUT)")
+    p.add_argument("--stage4", default=None, metavar="STAGE3_OUT",
+                   help="run stage 4 on a finished stage 3 (with --stage2 and --stage3)")
     p.add_argument("--shard", type=int, default=None,
                    help="stage 2: only build this part of the greedy rows")
     p.add_argument("--greedy-round", type=int, default=None,
@@ -196,6 +235,10 @@ def main(argv=None):
                    help="override a recipe field (for measurements; the shipped file "
                         "uses none)")
     args = p.parse_args(argv)
+    chain = [args.stage2, args.stage3, args.stage4]
+    if any(later and not earlier for earlier, later in zip(chain, chain[1:], strict=False)):
+        p.error("--stage N needs the OUT folders of the stages before it (--stage2 ...)")
+    chain = [Path(c) for c in chain if c]
     overrides = {}
     for item in args.set:
         name, value = item.split("=", 1)
@@ -226,12 +269,9 @@ def main(argv=None):
         print(f"converted the GGUF in {time.perf_counter() - t:.1f} s", flush=True)
     target = load_target(target_dir)
     tokenizer = load_tokenizer(target_dir)
-    if args.stage3 and not args.stage2:
-        p.error("--stage3 needs --stage2 STAGE1_OUT (stage 1's cache and sampled text)")
     if args.stage2:
-        summary = stage2(target, tokenizer, target_dir, Path(args.out), Path(args.stage2),
-                         args.shard, args.greedy_round,
-                         Path(args.stage3) if args.stage3 else None)
+        summary = stage(target, tokenizer, target_dir, Path(args.out), chain, args.shard,
+                        args.greedy_round)
         print(json.dumps(summary, indent=2), flush=True)
         return
     summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,

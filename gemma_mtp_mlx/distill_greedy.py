@@ -33,6 +33,7 @@ from .distill_cache import (
 from .models.cache import KVCache
 
 CUTS = (16, 24, 32, 48)  # prefix lengths, rotated over batches
+PROMPT_CUTS = (6, 8, 10, 12, 16, 20, 24, 32)  # prompt_plan's lengths
 
 
 def prefix_plan(seqs: list[list[int]], rows: int, batch: int, seed: int,
@@ -58,6 +59,22 @@ def prefix_plan(seqs: list[list[int]], rows: int, batch: int, seed: int,
             plan.append(np.array(picked, dtype=np.int32))
         j += 1
     return plan
+
+
+def prompt_plan(prompts: list[list[int]], batch: int, cuts=PROMPT_CUTS) -> list[np.ndarray]:
+    """Batches [B, L] of prompts, each cut to the longest of `cuts` it reaches (whole if
+    shorter than all), grouped by that length (no padding), distinct, in order of length
+    then of first appearance; at most `batch` a batch."""
+    groups: dict[int, list[tuple[int, ...]]] = {}
+    seen = set()
+    for p in prompts:
+        L = max([c for c in cuts if c <= len(p)], default=len(p))
+        cut = tuple(p[:L])
+        if L and cut not in seen:
+            seen.add(cut)
+            groups.setdefault(L, []).append(cut)
+    return [np.array(g[i : i + batch], dtype=np.int32)
+            for _, g in sorted(groups.items()) for i in range(0, len(g), batch)]
 
 
 def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarray,

@@ -14,6 +14,7 @@ from gemma_mtp_mlx.distill_greedy import (
     build_greedy_cache,
     greedy_batch,
     prefix_plan,
+    prompt_plan,
 )
 from gemma_mtp_mlx.models.cache import KVCache
 
@@ -69,6 +70,15 @@ def test_prefix_plan_is_seeded_distinct_and_one_length_per_batch():
     assert {p.shape[1] for p in plan} == {4, 8}
     flat = [tuple(r) for p in plan for r in p]
     assert len(set(flat)) == len(flat)
+
+
+def test_prompt_plan_cuts_to_the_longest_length_reached_and_groups_by_it():
+    prompts = [[2, 5, 6], [2, *range(10, 19)], [2, *range(10, 19)], [2, *range(20, 27)],
+               [2, *range(30, 34)], [2, 5, 6]]
+    plan = prompt_plan(prompts, batch=1, cuts=(4, 8))
+    assert [p.tolist() for p in plan] == [
+        [[2, 5, 6]], [[2, 30, 31, 32]], [[2, *range(10, 17)]], [[2, *range(20, 27)]]]
+    assert [len(p) for p in prompt_plan(prompts, batch=2, cuts=(4, 8))] == [1, 1, 2]
 
 
 def test_greedy_cache_resumes_refuses_another_plan_and_joins(tmp_path):
