@@ -136,18 +136,14 @@ def prompt_parts(target, tokenizer, work: Path, file: Path, ids, rows, shards, r
 def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], shard=None,
           greedy_round=None) -> dict:
     """Stage len(chain) + 1, after the stages whose OUT folders are `chain` (stage 1's
-    first): its greedy rows (all rounds and shards, or only `greedy_round` / `shard`:
-    then only those rows; stage 2 builds them, later stages read stage 2's), then the
-    previous stage's drafter fine-tuned on them and stage 1's cache."""
+    first): its data (all rounds and shards, or only `greedy_round` / `shard`: then only
+    those rows, and no training) — the greedy rounds, built into (or read from) stage 2's
+    .work, and its prompt rows, built into its own — then the previous stage's finished
+    drafter fine-tuned on them and stage 1's cache."""
     import mlx.core as mx
     import numpy as np
 
-    from gemma_mtp_mlx.distill import (
-        Reporter,
-        build_drafter,
-        export_checkpoint,
-        target_head_rows,
-    )
+    from gemma_mtp_mlx.distill import Reporter, target_head_rows
     from gemma_mtp_mlx.distill_cache import TeacherCache
     from gemma_mtp_mlx.distill_greedy import JoinedCache
 
@@ -163,30 +159,58 @@ def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], sha
         parts = greedy_parts(target, tokenizer, greedy_work, chain[0], ids, rows, rounds,
                              shards, rep)
         prompt_rows = []
-        for name in settings.get("prompts", ()) if greedy_round is None else ():
-            prompt_rows += prompt_parts(target, tokenizer, work, HERE / name, ids, rows, shards,
-                                        rep)
+        if greedy_round is None:
+            for name in settings.get("prompts", ()):
+                prompt_rows += prompt_parts(target, tokenizer, work, HERE / name, ids, rows,
+                                            shards, rep)
         if shard is not None or greedy_round is not None:
-            return {"greedy_rows": sum(p.rows for p in parts + prompt_rows)}
-        init = work / "init-f32"  # the previous stage's drafter, fixed at its first use
-        if not (init / "config.json").is_file():
-            export_checkpoint(chain[-1], init, None, 0)
-        drafter = build_drafter(json.loads((init / "config.json").read_text()))
-        drafter.load_weights(str(init / "model.safetensors"))
-        drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
-        assert (np.array(drafter.draft_token_ids) == ids).all()
+            return {"greedy_rows": sum(p.rows for p in parts),
+                    "prompt_rows": sum(p.rows for p in prompt_rows)}
+        drafter, config = previous_drafter(chain[-1], work, ids)
         cache = JoinedCache([TeacherCache(chain[0] / ".work" / "cache"), *parts, *prompt_rows],
                             [settings["stage1_weight"]] + [settings["repeat"]] * len(parts)
-                            + [settings.get("prompt_repeat", 0)] * len(prompt_rows))
-        config = json.loads((init / "config.json").read_text())
-        config.pop("dtype", None)
+                            + [settings["prompt_repeat"]] * len(prompt_rows))
         result = finetune(drafter, target, cache, config, settings, work, rep)
     return finish(target, tokenizer, drafter, config, target_dir, out, result,
                   {"greedy_rows": sum(p.rows for p in parts),
                    "prompt_rows": sum(p.rows for p in prompt_rows), "joined_rows": cache.rows})
 
 
+def previous_drafter(previous: Path, work: Path, ids):
+    """The previous stage's drafter (float32, trainable) and its config: exported once to
+    work/init-f32 from its last checkpoint, and only once that stage has finished."""
+    import shutil
+
+    import numpy as np
+
+    from gemma_mtp_mlx.distill import build_drafter, export_checkpoint
+
+    init = work / "init-f32"
+    source = {"from": str(previous.resolve())}
+    if not (init / "config.json").is_file():
+        if not (previous / "distill.json").is_file():
+            raise ValueError(f"{previous} has not finished (no distill.json): finish it first")
+        tmp = work / "init-f32.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        source["step"] = export_checkpoint(previous, tmp, None, 0)["step"]
+        (tmp / "source.json").write_text(json.dumps(source))
+        tmp.rename(init)
+    saved = json.loads((init / "source.json").read_text()) if (init / "source.json").is_file() \
+        else source  # made before source.json existed (the shipped stages 2 and 3)
+    if saved["from"] != source["from"]:
+        raise ValueError(f"{init} was started from {saved['from']}, not {previous}")
+    config = json.loads((init / "config.json").read_text())
+    drafter = build_drafter(config)
+    drafter.load_weights(str(init / "model.safetensors"))
+    drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
+    if not (np.array(drafter.draft_token_ids) == ids).all():
+        raise ValueError(f"{previous}'s drafter has another head than stage 1's")
+    config.pop("dtype", None)
+    return drafter, config
+
+
 def finetune(drafter, target, cache, config: dict, settings: dict, work: Path, rep) -> dict:
+    """Train on `cache` with `settings` (resuming work/ckpt); Ctrl-C: KeyboardInterrupt."""
     from gemma_mtp_mlx.distill_train import TrainConfig, train
 
     cfg = TrainConfig(steps=settings["steps"], batch=settings["batch"],
@@ -213,7 +237,7 @@ def finish(target, tokenizer, drafter, config, target_dir, out: Path, result, da
     return summary
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="drafter folder to write")
@@ -222,7 +246,7 @@ def main(argv=None):
     p.add_argument("--gguf", default=None, help="the GGUF (default: the bundled package's)")
     p.add_argument("--work", default="/tmp/gemma3-270m-f32", help="where the GGUF converts to")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds of training in this run (rerun to continue)")
+                   help="stage 1: seconds of training in this run (rerun to continue)")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="only write the latest checkpoint's drafter to DIR (no training)")
     p.add_argument("--stage2", default=None, metavar="STAGE1_OUT",
@@ -231,31 +255,34 @@ def main(argv=None):
                    help="run stage 3 on a finished stage 2 (with --stage2 STAGE1_OUT)")
     p.add_argument("--stage4", default=None, metavar="STAGE3_OUT",
                    help="run stage 4 on a finished stage 3 (with --stage2 and --stage3)")
-    p.add_argument("--shard", type=int, default=None,
-                   help="stage 2: only build this part of the greedy rows")
-    p.add_argument("--greedy-round", type=int, default=None,
-                   help="stage 2: only build this round of greedy rows (see GREEDY_ROUNDS)")
+    p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
+                   help="stages 2-4: only build this part of the stage's rows (no training)")
+    p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
+                   help="stages 2-4: only build this round of greedy rows (no training; "
+                        "a stage joins rounds 0..greedy_rounds-1)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="override a recipe field (for measurements; the shipped file "
-                        "uses none)")
-    args = p.parse_args(argv)
+                   help="stage 1: override a recipe field (for measurements; the shipped "
+                        "file uses none)")
+    return p
+
+
+def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
+    """The OUT folders of the stages before the one to run (empty: stage 1)."""
     chain = [args.stage2, args.stage3, args.stage4]
     if any(later and not earlier for earlier, later in zip(chain, chain[1:], strict=False)):
         p.error("--stage N needs the OUT folders of the stages before it (--stage2 ...)")
     chain = [Path(c) for c in chain if c]
-    overrides = {}
-    for item in args.set:
-        name, value = item.split("=", 1)
-        kind = type(getattr(RECIPE, name))
-        overrides[name] = None if value == "None" else (
-            kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
-    if args.export:  # config.json and model.safetensors only: what the package ships
-        from gemma_mtp_mlx.distill import export_checkpoint
+    if chain and (args.set or args.time_budget is not None):
+        p.error("--set and --time-budget are stage 1's")
+    if not chain and (args.shard is not None or args.greedy_round is not None):
+        p.error("--shard and --greedy-round are for stages 2-4 (give --stage2 ...)")
+    if Path(args.out).resolve() in [c.resolve() for c in chain]:
+        p.error("--out must be a new folder, not an earlier stage's")
+    return chain
 
-        bits = overrides.get("save_bits", RECIPE.save_bits)
-        meta = export_checkpoint(args.out, args.export, None, bits)
-        print(f"wrote {args.export} from step {meta['step']} ({bits or 32} bits)")
-        return
+
+def load_pair(args):
+    """(target, tokenizer, target folder): --target-dir, or the GGUF converted."""
     from mlx_lm.utils import load_tokenizer
 
     from gemma_mtp_mlx.loading import load_target
@@ -271,15 +298,33 @@ def main(argv=None):
         work = convert_pair(gguf, None, Path(args.work), dtype="float32", force=True)
         target_dir = Path(work) / "target"
         print(f"converted the GGUF in {time.perf_counter() - t:.1f} s", flush=True)
-    target = load_target(target_dir)
-    tokenizer = load_tokenizer(target_dir)
-    if args.stage2:
+    return load_target(target_dir), load_tokenizer(target_dir), target_dir
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    chain = stage_chain(p, args)
+    overrides = {}
+    for item in args.set:
+        name, value = item.split("=", 1)
+        kind = type(getattr(RECIPE, name))
+        overrides[name] = None if value == "None" else (
+            kind(value) if kind is not bool else value.lower() in ("1", "true", "yes"))
+    if args.export:  # config.json and model.safetensors only: what the package ships
+        from gemma_mtp_mlx.distill import export_checkpoint
+
+        bits = overrides.get("save_bits", RECIPE.save_bits)
+        meta = export_checkpoint(args.out, args.export, None, bits)
+        print(f"wrote {args.export} from step {meta['step']} ({bits or 32} bits)")
+        return
+    target, tokenizer, target_dir = load_pair(args)
+    if chain:
         summary = stage(target, tokenizer, target_dir, Path(args.out), chain, args.shard,
                         args.greedy_round)
-        print(json.dumps(summary, indent=2), flush=True)
-        return
-    summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,
-                      time_budget=args.time_budget, **overrides)
+    else:
+        summary = distill(target, tokenizer, args.out, RECIPE, target_dir=target_dir,
+                          time_budget=args.time_budget, **overrides)
     print(json.dumps(summary, indent=2), flush=True)
 
 
