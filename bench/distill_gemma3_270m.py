@@ -1,4 +1,5 @@
-"""The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter).
+"""The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
+stage 1, then stages 2, 3 and 4, each fine-tuning the one before; the package ships stage 4.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -13,7 +14,7 @@ steps are all on disk under OUT/.work. `gemma-mtp distill` runs the same functio
 this script fixes the settings. The held-out prompts of bench/heldout_prompts.txt are
 kept out of the training data (`exclude`).
 
-Stage 2 (`--stage2 STAGE1_OUT`, the shipped drafter since v2): greedy decoding verifies
+Stage 2 (`--stage2 STAGE1_OUT`): greedy decoding verifies
 the target's greedy text, which stage 1 has little of (one continuation per prompt).
 Its `sampled.json` and local text give 1,536 prefixes (cut at 16-48 tokens), each
 continued greedily to 128 tokens by the target and labelled in the same pass
@@ -21,7 +22,7 @@ continued greedily to 128 tokens by the target and labelled in the same pass
 plus these rows (twice). The greedy rows come in GREEDY_SHARDS parts, which separate
 processes may build at once (`--shard i`); the training run then joins them:
 
-    python bench/distill_gemma3_270m.py --out /work/runs/v2/drafter \
+    python bench/distill_gemma3_270m.py --out /work/runs/v2/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter
 
 Stage 3 (`--stage3 STAGE2_OUT` with `--stage2 STAGE1_OUT`): stage 2's drafter fine-tuned
@@ -40,6 +41,10 @@ built in OUT/.work (`--shard i` builds one part), then stage 3's drafter fine-tu
 with the teacher on 0.69 of the tokens of rows it trained on (depth 1), 0.60 on rows cut
 from the same sources at other lengths, and 0.40 on the rows of new prompts: it had
 learnt its data more than the target; new topics are what it lacked.
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v4/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
+        --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter [--shard 0|1]
 """
 
 from __future__ import annotations
