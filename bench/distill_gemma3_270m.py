@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import common as C  # noqa: F401  (puts the repository on sys.path)
@@ -102,40 +103,55 @@ def held_out_prompts() -> list[str]:
     return [p for _, p in data.parse_prompts(HELDOUT.read_text("utf-8"))] + [p for _, p in held]
 
 
-def greedy_parts(target, tokenizer, work: Path, stage1: Path, ids, rows, rounds, shards, rep):
+@dataclass
+class RowBuilder:
+    """What every greedy-row cache of a stage is built with: the target and its tokenizer,
+    stage 1's head (ids and the target's rows for them), the EOS ids, the held-out prompts."""
+
+    target: object
+    tokenizer: object
+    ids: object
+    rows: object
+    eos: tuple
+    held: list
+    rep: object
+
+    def build(self, path: Path, plan):
+        from gemma_mtp_mlx.distill import target_fingerprint
+        from gemma_mtp_mlx.distill_greedy import build_greedy_cache
+
+        return build_greedy_cache(self.target, path, plan, RECIPE.seq_len, self.ids, self.rows,
+                                  RECIPE.top_k, self.eos, target_fingerprint(self.target),
+                                  self.rep)
+
+
+def greedy_parts(b: RowBuilder, work: Path, stage1: Path, rounds, shards):
     """The greedy rows of `rounds` x `shards` under `work` (built, or resumed, or read)."""
     from gemma_mtp_mlx import distill_greedy as greedy
-    from gemma_mtp_mlx.distill import target_fingerprint
 
     sampled = json.loads((stage1 / ".work" / "sampled.json").read_text())["sequences"]
-    sources = greedy.prefix_sources(tokenizer, sampled, held_out_prompts())
-    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    sources = greedy.prefix_sources(b.tokenizer, sampled, b.held)
     parts = []
     for r in rounds:  # round r: cuts 4r tokens longer, plan seed r
         plan = greedy.prefix_plan(sources, STAGE2["rows"], STAGE2["gen_batch"], seed=r,
                                   cuts=tuple(c + 4 * r for c in greedy.CUTS))
-        parts += [greedy.build_greedy_cache(
-            target, work / (f"greedy{i}" if r == 0 else f"greedy_r{r}_{i}"),
-            plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows, RECIPE.top_k, eos,
-            target_fingerprint(target), rep) for i in shards]
+        parts += [b.build(work / (f"greedy{i}" if r == 0 else f"greedy_r{r}_{i}"),
+                          plan[i::GREEDY_SHARDS]) for i in shards]
     return parts
 
 
-def prompt_parts(target, tokenizer, work: Path, file: Path, ids, rows, shards, rep):
+def prompt_parts(b: RowBuilder, work: Path, file: Path, shards):
     """Greedy rows continuing the prompts of `file` (cut by `prompt_plan`), under `work`
     (folders named after the file)."""
     from gemma_mtp_mlx import distill_data as data
     from gemma_mtp_mlx import distill_greedy as greedy
-    from gemma_mtp_mlx.distill import target_fingerprint
 
-    prompts = [list(tokenizer.encode(t)) for _, t in data.parse_prompts(file.read_text("utf-8"))]
-    if len(data.drop_held_out(tokenizer, prompts, held_out_prompts())) != len(prompts):
+    text = file.read_text("utf-8")
+    prompts = [list(b.tokenizer.encode(t)) for _, t in data.parse_prompts(text)]
+    if len(data.drop_held_out(b.tokenizer, prompts, b.held)) != len(prompts):
         raise ValueError(f"{file} contains a held-out prompt")
     plan = greedy.prompt_plan(prompts, STAGE2["gen_batch"])
-    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
-    return [greedy.build_greedy_cache(
-        target, work / f"{file.stem}{i}", plan[i::GREEDY_SHARDS], RECIPE.seq_len, ids, rows,
-        RECIPE.top_k, eos, target_fingerprint(target), rep) for i in shards]
+    return [b.build(work / f"{file.stem}{i}", plan[i::GREEDY_SHARDS]) for i in shards]
 
 
 def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], shard=None,
@@ -160,14 +176,15 @@ def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], sha
     rounds = range(settings["greedy_rounds"]) if greedy_round is None else [greedy_round]
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
     greedy_work = work if len(chain) == 1 else chain[1] / ".work"
+    held = held_out_prompts()
+    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
     with Reporter() as rep:
-        parts = greedy_parts(target, tokenizer, greedy_work, chain[0], ids, rows, rounds,
-                             shards, rep)
+        b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep)
+        parts = greedy_parts(b, greedy_work, chain[0], rounds, shards)
         prompt_rows = []
         if greedy_round is None:
             for name in settings.get("prompts", ()):
-                prompt_rows += prompt_parts(target, tokenizer, work, HERE / name, ids, rows,
-                                            shards, rep)
+                prompt_rows += prompt_parts(b, work, HERE / name, shards)
         if shard is not None or greedy_round is not None:
             return {"greedy_rows": sum(p.rows for p in parts),
                     "prompt_rows": sum(p.rows for p in prompt_rows)}
@@ -176,7 +193,7 @@ def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], sha
                             [settings["stage1_weight"]] + [settings["repeat"]] * len(parts)
                             + [settings["prompt_repeat"]] * len(prompt_rows))
         result = finetune(drafter, target, cache, config, settings, work, rep)
-    return finish(target, tokenizer, drafter, config, target_dir, out, result,
+    return finish(target, tokenizer, drafter, config, target_dir, out, result, held,
                   {"greedy_rows": sum(p.rows for p in parts),
                    "prompt_rows": sum(p.rows for p in prompt_rows), "joined_rows": cache.rows})
 
@@ -228,11 +245,12 @@ def finetune(drafter, target, cache, config: dict, settings: dict, work: Path, r
     return result
 
 
-def finish(target, tokenizer, drafter, config, target_dir, out: Path, result, data) -> dict:
-    """Held-out check, the 8-bit drafter folder, distill.json."""
+def finish(target, tokenizer, drafter, config, target_dir, out: Path, result, held,
+           data) -> dict:
+    """Held-out check (the last 8 of `held`), the 8-bit drafter folder, distill.json."""
     from gemma_mtp_mlx.distill import evaluate, save_drafter
 
-    held_ids = [list(tokenizer.encode(p)) for p in held_out_prompts()[-8:]]
+    held_ids = [list(tokenizer.encode(p)) for p in held[-8:]]
     after = evaluate(target, drafter, held_ids, RECIPE.eval_k, RECIPE.eval_tokens)
     save_drafter(drafter, config, out, target_dir, bits=RECIPE.save_bits)
     summary = {**data, "train_seconds": result["seconds"],
