@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2, 3 and 4, each fine-tuning the one before; the package ships stage 4.
+stage 1, then stages 2 to 5, each fine-tuning the one before; the package ships stage 4.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -45,6 +45,16 @@ learnt its data more than the target; new topics are what it lacked.
     python bench/distill_gemma3_270m.py --out /work/runs/v4/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
         --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter [--shard 0|1]
+
+Stage 5 (`--stage5 STAGE4_OUT`, with the three before): the greedy rows of 1,200 more
+prompts (bench/greedy_prompts_3.txt, 500 of them multilingual in 20 languages: stage 4's
+drafter still agreed least there), then stage 4's drafter fine-tuned (STAGE5) on them,
+stage 4's prompt rows (read from STAGE4_OUT/.work), the greedy rounds and stage 1's cache.
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v5/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
+        --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter \\
+        --stage5 /work/runs/v4/drafter [--shard 0|1]
 """
 
 from __future__ import annotations
@@ -91,7 +101,11 @@ STAGE3 = {"repeat": 2, "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, 
 STAGE4 = {"repeat": 1, "steps": 300, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 3,
           "greedy_rounds": 2, "stage1_weight": 1,
           "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt"], "prompt_repeat": 3}
-STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4}
+# stage 5: a third prompt set (more multilingual); the rows of the first two, built by
+# stage 4, are read from its .work; 400 steps, as the rows are 1.7x stage 4's
+STAGE5 = {**STAGE4, "steps": 400, "seed": 4,
+          "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt", "greedy_prompts_3.txt"]}
+STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4, 5: STAGE5}
 GREEDY_SHARDS = 2
 
 
@@ -140,9 +154,10 @@ def greedy_parts(b: RowBuilder, work: Path, stage1: Path, rounds, shards):
     return parts
 
 
-def prompt_parts(b: RowBuilder, work: Path, file: Path, shards):
-    """Greedy rows continuing the prompts of `file` (cut by `prompt_plan`), under `work`
-    (folders named after the file)."""
+def prompt_parts(b: RowBuilder, works: list[Path], file: Path, shards):
+    """Greedy rows continuing the prompts of `file` (cut by `prompt_plan`), in folders named
+    after the file: read (or resumed) from the first of `works` that has them, else built
+    in the last."""
     from gemma_mtp_mlx import distill_data as data
     from gemma_mtp_mlx import distill_greedy as greedy
 
@@ -151,7 +166,12 @@ def prompt_parts(b: RowBuilder, work: Path, file: Path, shards):
     if len(data.drop_held_out(b.tokenizer, prompts, b.held)) != len(prompts):
         raise ValueError(f"{file} contains a held-out prompt")
     plan = greedy.prompt_plan(prompts, STAGE2["gen_batch"])
-    return [b.build(work / f"{file.stem}{i}", plan[i::GREEDY_SHARDS]) for i in shards]
+    parts = []
+    for i in shards:
+        name = f"{file.stem}{i}"
+        work = next((w for w in works if (w / name / "meta.json").is_file()), works[-1])
+        parts.append(b.build(work / name, plan[i::GREEDY_SHARDS]))
+    return parts
 
 
 def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], shard=None,
@@ -183,8 +203,9 @@ def stage(target, tokenizer, target_dir: Path, out: Path, chain: list[Path], sha
         parts = greedy_parts(b, greedy_work, chain[0], rounds, shards)
         prompt_rows = []
         if greedy_round is None:
+            works = [c / ".work" for c in chain[1:]] + [work]  # earlier stages' rows first
             for name in settings.get("prompts", ()):
-                prompt_rows += prompt_parts(b, work, HERE / name, shards)
+                prompt_rows += prompt_parts(b, works, HERE / name, shards)
         if shard is not None or greedy_round is not None:
             return {"greedy_rows": sum(p.rows for p in parts),
                     "prompt_rows": sum(p.rows for p in prompt_rows)}
@@ -272,16 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 1: seconds of training in this run (rerun to continue)")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="only write the latest checkpoint's drafter to DIR (no training)")
-    p.add_argument("--stage2", default=None, metavar="STAGE1_OUT",
-                   help="run stage 2 on a finished stage 1 (see above)")
-    p.add_argument("--stage3", default=None, metavar="STAGE2_OUT",
-                   help="run stage 3 on a finished stage 2 (with --stage2 STAGE1_OUT)")
-    p.add_argument("--stage4", default=None, metavar="STAGE3_OUT",
-                   help="run stage 4 on a finished stage 3 (with --stage2 and --stage3)")
+    for n in sorted(STAGES):
+        p.add_argument(f"--stage{n}", default=None, metavar=f"STAGE{n - 1}_OUT",
+                       help=f"run stage {n} on a finished stage {n - 1}"
+                            + (" (see above)" if n == 2 else " (with the --stageN before it)"))
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
-                   help="stages 2-4: only build this part of the stage's rows (no training)")
+                   help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
-                   help="stages 2-4: only build this round of greedy rows (no training; "
+                   help="stages 2+: only build this round of greedy rows (no training; "
                         "a stage joins rounds 0..greedy_rounds-1)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="stage 1: override a recipe field (for measurements; the shipped "
@@ -291,14 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
     """The OUT folders of the stages before the one to run (empty: stage 1)."""
-    chain = [args.stage2, args.stage3, args.stage4]
+    chain = [getattr(args, f"stage{n}") for n in sorted(STAGES)]
     if any(later and not earlier for earlier, later in zip(chain, chain[1:], strict=False)):
         p.error("--stage N needs the OUT folders of the stages before it (--stage2 ...)")
     chain = [Path(c) for c in chain if c]
     if chain and (args.set or args.time_budget is not None):
         p.error("--set and --time-budget are stage 1's")
     if not chain and (args.shard is not None or args.greedy_round is not None):
-        p.error("--shard and --greedy-round are for stages 2-4 (give --stage2 ...)")
+        p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if Path(args.out).resolve() in [c.resolve() for c in chain]:
         p.error("--out must be a new folder, not an earlier stage's")
     return chain
