@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 6, each fine-tuning the one before; the package ships stage 4.
+stage 1, then stages 2 to 6, each fine-tuning the one before; the package ships stage 6.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
