@@ -59,6 +59,12 @@ stage 4's prompt rows (read from STAGE4_OUT/.work), the greedy rounds and stage 
 Stage 6 (`--stage6 STAGE5_OUT`, with the four before): the same with a fourth prompt file,
 bench/greedy_prompts_4.txt (1,200 prompts; its 400 multilingual ones in French, German,
 Spanish, Italian, Japanese and Chinese), the earlier prompt rows read from stages 4 and 5.
+The shipped drafter is this stage's OUT (config.json and model.safetensors):
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v6/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
+        --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter \\
+        --stage5 /work/runs/v4/drafter --stage6 /work/runs/v5/drafter [--shard 0|1]
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ STAGE4 = {"repeat": 1, "steps": 300, "batch": 16, "draft_depth": 4, "lr": 1e-3, 
 # stage 4, are read from its .work; 400 steps, as the rows are 1.7x stage 4's
 STAGE5 = {**STAGE4, "steps": 400, "seed": 4,
           "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt", "greedy_prompts_3.txt"]}
-# stage 6: a fourth (multilingual only in the six languages of heldout_prompts.txt)
+# stage 6: a fourth prompt file (its multilingual ones in heldout_prompts.txt's six languages)
 STAGE6 = {**STAGE5, "seed": 5, "prompts": [*STAGE5["prompts"], "greedy_prompts_4.txt"]}
 STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6}
 GREEDY_SHARDS = 2
