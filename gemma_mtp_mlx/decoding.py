@@ -23,7 +23,14 @@ import mlx.core as mx
 from . import calibration as calib
 from .calibration import SCHEDULE_WIDTHS, Calibration, single_token_pass
 from .models.cache import cache_offset, rollback
-from .sampling import SamplingParams, probabilities, sample, speculative_accept, top2_margin
+from .sampling import (
+    Proposal,
+    SamplingParams,
+    probabilities,
+    sample,
+    speculative_accept,
+    top2_margin,
+)
 from .schedule import MAX_DRAFT, AutoSchedule, DraftSchedule, ScheduleMemory, make_schedule
 
 __all__ = ["AutoSchedule", "Decoder", "DraftSchedule", "Event", "RoundInfo", "Session"]
@@ -65,6 +72,15 @@ class Session:
     @property
     def length(self) -> int:
         return cache_offset(self.cache) + (self.pending is not None)
+
+
+def propose(drafter, inputs_embeds, position, shared_kv):
+    """One draft step: (logits of the draftable tokens, their ids or None, carry). A drafter
+    without `propose` (test and benchmark stand-ins) scores the whole vocabulary."""
+    if hasattr(drafter, "propose"):
+        return drafter.propose(inputs_embeds, position, shared_kv)
+    logits, carry = drafter(inputs_embeds, position, shared_kv)
+    return logits, None, carry
 
 
 class Decoder:
@@ -145,22 +161,25 @@ class Decoder:
         return single_token_pass(self.target, session.cache, token, self.decode_width)
 
     # -- the speculative round: draft, verify, accept, roll back ------------------------
-    def draft(self, session: Session, k: int) -> tuple[list[mx.array], list[mx.array]]:
+    def draft(self, session: Session, k: int) -> tuple[list[mx.array], Proposal | None]:
         shared = self.target.shared_kv(session.cache)
         position = cache_offset(session.cache)  # the pending token's position, for all k
         token = mx.array([[session.pending]], dtype=mx.uint32)
-        carry, drafts, dists = session.carry, [], []
+        carry, drafts, q, picks, columns = session.carry, [], [], [], []
         for _ in range(k):
             x = mx.concatenate([self.target.embed(token), carry.astype(self.target.dtype)], -1)
-            logits, carry = self.drafter(x, position, shared)
+            logits, ids, carry = propose(self.drafter, x, position, shared)
+            logits, ids = logits[0, -1], (ids if ids is None or ids.ndim == 1 else ids[0, -1])
             if self.sampling.greedy:
-                token = mx.argmax(logits[:, -1], axis=-1, keepdims=True)
+                pick = mx.argmax(logits, axis=-1)
             else:
-                q = probabilities(logits[0, -1], self.sampling)
-                dists.append(q)
-                token = sample(q, self._key())[None, None]
+                q.append(probabilities(logits, self.sampling))
+                pick = sample(q[-1], self._key())
+                picks.append(pick)
+                columns.append(ids)
+            token = (pick if ids is None else ids[pick]).astype(mx.uint32).reshape(1, 1)
             drafts.append(token.reshape(1))
-        return drafts, dists
+        return drafts, (Proposal.stack(q, picks, columns) if q else None)
 
     def verify(self, session: Session, inputs: mx.array, fed: int):
         """One target pass over the pending token and the drafts, padded to `fed` rows
@@ -186,7 +205,7 @@ class Decoder:
             if unsure is not None:
                 return self.redo_from(session, inputs, unsure, fed)
         else:
-            accepted, next_token = self.accept_sampled(logits, mx.stack(q), drafts)
+            accepted, next_token = self.accept_sampled(logits, q, drafts)
         rollback(session.cache, fed - accepted - 1)  # forget the rejected drafts (and padding)
         session.carry = hidden[:, accepted : accepted + 1]
         return drafts[:accepted].tolist() + [next_token], accepted, False
@@ -205,12 +224,11 @@ class Decoder:
         n, token, unsure = mx.stack([n, choice[n], unsure]).tolist()
         return n, token, (unsure if unsure >= 0 else None)
 
-    def accept_sampled(self, logits, q, drafts) -> tuple[int, int]:
-        """Rejection sampling against the drafter's distributions q (see sampling.py)."""
-        p = probabilities(logits, self.sampling)
-        n, next_token = speculative_accept(p, q, drafts, self._key())
-        n, next_token = mx.stack([n, next_token.astype(n.dtype)]).tolist()
-        return n, next_token
+    def accept_sampled(self, logits, proposal: Proposal, drafts) -> tuple[int, int]:
+        """Rejection sampling against the drafter's distributions (see sampling.py)."""
+        return speculative_accept(
+            lambda row: probabilities(logits[row], self.sampling), proposal, drafts, self._key()
+        )
 
     def redo_from(self, session: Session, inputs, row: int, fed: int):
         """Keep the rows before `row`, recompute `row` on the single-token path (plain

@@ -6,11 +6,40 @@ ratios p/q of rejection sampling are not rounded to bfloat16.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import mlx.core as mx
 
 from .request import SamplingParams
 
-__all__ = ["SamplingParams", "probabilities", "sample", "speculative_accept", "top2_margin"]
+__all__ = [
+    "Proposal", "SamplingParams", "probabilities", "sample", "speculative_accept", "top2_margin"
+]
+
+
+@dataclass
+class Proposal:
+    """What the drafter drew K drafts from: its distributions over the tokens it can draft.
+
+    q: probabilities [K, C]; picks: [K], the column of q each draft was drawn from;
+    ids: [K, C], the token id of each column (None: column j is token j, C = V). A drafter
+    with a vocabulary subset or a centroid head gives C of a few thousand instead of the
+    262,144 of Gemma's vocabulary, which saves the vocabulary-wide softmax and sampling of
+    every draft step (measured on the 2-core CPU: 7.4 ms per step, 30 ms of a K = 4 round).
+    """
+
+    q: mx.array
+    picks: mx.array
+    ids: mx.array | None = None
+
+    @classmethod
+    def stack(cls, q: list, picks: list, ids: list) -> Proposal:
+        """One step's q row, pick and ids (None, or [C] for that row) each, stacked."""
+        if ids[0] is None:
+            return cls(mx.stack(q), mx.stack(picks).reshape(-1))
+        rows = mx.stack([mx.broadcast_to(i, r.shape) for i, r in zip(ids, q, strict=True)])
+        return cls(mx.stack(q), mx.stack(picks).reshape(-1), rows)
 
 
 def probabilities(logits: mx.array, params: SamplingParams) -> mx.array:
@@ -20,6 +49,8 @@ def probabilities(logits: mx.array, params: SamplingParams) -> mx.array:
         kth = mx.sort(logits, axis=-1)[..., -params.top_k][..., None]
         logits = mx.where(logits < kth, -mx.inf, logits)
     probs = mx.softmax(logits, axis=-1)
+    if params.min_p == 0.0 and params.top_p == 1.0:
+        return probs
     if params.min_p > 0.0:
         floor = params.min_p * probs.max(axis=-1, keepdims=True)
         probs = mx.where(probs < floor, 0.0, probs)
@@ -46,28 +77,36 @@ def top2_margin(logits: mx.array) -> mx.array:
 
 
 def speculative_accept(
-    p: mx.array, q: mx.array, drafts: mx.array, key: mx.array
-) -> tuple[mx.array, mx.array]:
-    """Leviathan et al. 2023 / Chen et al. 2023 acceptance, all in-graph.
+    p_row: Callable[[int], mx.array], proposal: Proposal, drafts: mx.array, key: mx.array
+) -> tuple[int, int]:
+    """Leviathan et al. 2023 / Chen et al. 2023 acceptance.
 
-    p: target probabilities [K+1, V]; q: drafter probabilities [K, V];
-    drafts: [K] ids sampled from q. Draft i survives with probability
-    min(1, p_i(d)/q_i(d)); at the first rejection the replacement is drawn from
-    max(p_i - q_i, 0) renormalised, and after K acceptances from p_K. This keeps
-    the output distributed exactly as p. Returns (n_accepted, next_token).
+    p_row(i): the target's probabilities [V] after draft i (row 0: before the first);
+    proposal: the drafter's distributions q_i the drafts [K] were sampled from. Draft i
+    survives with probability min(1, p_i(d)/q_i(d)); at the first rejection the replacement
+    is drawn from max(p_i - q_i, 0) renormalised, and after K acceptances from p_K. This keeps
+    the output distributed exactly as p. Rows are asked for one at a time and none past the
+    first rejection: each costs a softmax over the vocabulary (3.5 ms on the 2-core CPU,
+    where a T = 0.7 round keeps 1.6 of 5 rows on average). Returns (n_accepted, next_token).
     """
     K = drafts.shape[0]
     k_accept, k_next = mx.random.split(key)
-    rows = mx.arange(K)
-    p_d = p[rows, drafts]
-    q_d = q[rows, drafts]
     u = mx.random.uniform(shape=(K,), key=k_accept)
-    accepted = (u * q_d < p_d).astype(mx.int32)  # u < p/q without dividing
-    n = mx.cumprod(accepted).sum()
-    residual = mx.maximum(p[:K] - q, 0.0)
-    mass = residual.sum(axis=-1, keepdims=True)
+    bars = (u * proposal.q[mx.arange(K), proposal.picks]).tolist()  # u q(d) < p(d): keep d
+    for n, (bar, draft) in enumerate(zip(bars, drafts.tolist(), strict=True)):
+        p = p_row(n)
+        if not p[draft].item() > bar:
+            return n, sample(residual(p, proposal, n), k_next).item()
+    return K, sample(p_row(K), k_next).item()
+
+
+def residual(p: mx.array, proposal: Proposal, row: int) -> mx.array:
+    """max(p - q_row, 0) renormalised: what a rejected draft is replaced from."""
+    q = proposal.q[row]
+    if proposal.ids is None:
+        rest = mx.maximum(p - q, 0.0)
+    else:
+        rest = mx.maximum(p.at[proposal.ids[row]].add(-q), 0.0)
+    mass = rest.sum()
     # Where p == q the residual is empty, and rejection had probability 0.
-    residual = mx.where(mass > 0, residual / mx.maximum(mass, 1e-30), p[:K])
-    choices = mx.concatenate([residual, p[K:]], axis=0)
-    next_token = sample(mx.take(choices, n, axis=0), k_next)
-    return n, next_token
+    return mx.where(mass > 0, rest / mx.maximum(mass, 1e-30), p)

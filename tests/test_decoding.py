@@ -174,6 +174,19 @@ class SoftDrafter:
         return (self.table[row] + self.noise[row])[None, None], carry
 
 
+class SubsetSoftDrafter(SoftDrafter):
+    """SoftDrafter that can draft only `columns` (as a vocabulary-subset head): its
+    `propose` gives those tokens' logits and ids."""
+
+    def __init__(self, *args, columns: mx.array):
+        super().__init__(*args)
+        self.columns = columns
+
+    def propose(self, inputs_embeds, position, shared_kv):
+        logits, carry = self(inputs_embeds, position, shared_kv)
+        return logits[..., self.columns], self.columns, carry
+
+
 def forward_logits(target, tokens: list[int]) -> mx.array:
     return target(mx.array(tokens)[None], target.make_cache())[0][0].astype(mx.float32)
 
@@ -190,25 +203,37 @@ def exact_pair_distribution(target, prefix, params):
     return joint
 
 
-def resample_from_p(p, q, drafts, key):
+def resample_from_p(p_row, proposal, drafts, key):
     """A broken acceptance: at the first rejection it draws from p, not from (p - q)+."""
     from gemma_mtp_mlx.sampling import sample
 
     k_accept, k_next = mx.random.split(key)
-    rows = mx.arange(drafts.shape[0])
-    u = mx.random.uniform(shape=rows.shape, key=k_accept)
-    n = mx.cumprod((u * q[rows, drafts] < p[rows, drafts]).astype(mx.int32)).sum()
-    return n, sample(mx.take(p, n, axis=0), k_next)
+    K = drafts.shape[0]
+    u = mx.random.uniform(shape=(K,), key=k_accept)
+    q_d = proposal.q[mx.arange(K), proposal.picks]
+    for n in range(K):
+        if not p_row(n)[drafts[n]].item() > (u[n] * q_d[n]).item():
+            return n, sample(p_row(n), k_next).item()
+    return K, sample(p_row(K), k_next).item()
 
 
-def speculative_pairs(p, prefix, params, draws):
+def speculative_pairs(p, prefix, params, draws, subset=False):
     """Counts of the first two tokens the loop emits after `prefix`, over `draws` repeats of
-    speculative rounds (K alternating 2 and 3) from one prefilled cache, rolled back each time."""
+    speculative rounds (K alternating 2 and 3) from one prefilled cache, rolled back each time.
+    `subset`: the drafter can draft only each row's 2nd to 6th most likely tokens (and 40
+    others), never the most likely one, which then comes from the residual alone."""
     path = list(prefix)
     for _ in range(4):  # the reference path the soft drafter follows: greedy
         path.append(int(mx.argmax(forward_logits(p.target, path)[-1]).item()))
     table = forward_logits(p.target, path)[len(prefix) - 1 :]
-    drafter = SoftDrafter(table, len(prefix) - 1, 0.5, p.target.args.hidden_size)
+    soft = (table, len(prefix) - 1, 0.5, p.target.args.hidden_size)
+    drafter = SoftDrafter(*soft)
+    if subset:
+        order = np.argsort(-np.array(table), axis=-1)
+        keep = set(order[:, 1:6].ravel().tolist()) - set(order[:, 0].tolist())
+        keep |= set(np.random.default_rng(1).permutation(p.target.vocab_size)[:40].tolist())
+        keep -= set(order[:, 0].tolist())
+        drafter = SubsetSoftDrafter(*soft, columns=mx.array(sorted(keep), dtype=mx.int32))
     decoder = Decoder(p.target, drafter, params)
     session = Session(p.target)
     _, carry = decoder.step(session, prefix[:-1])
@@ -223,11 +248,13 @@ def speculative_pairs(p, prefix, params, draws):
     return counts
 
 
-def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch):
+@pytest.mark.parametrize("subset", [False, True])
+def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch, subset):
     """The loop's rejection sampling with a soft drafter, K = 2 and 3, temperature 0.7, top-p
     0.9 and min-p 0.1: chi-square of the first two emitted tokens' joint counts against the
     exact plain-sampling probabilities (49 possible pairs). A correct loop fails it by chance
-    0.1 % of the time (seeded, so the verdict is fixed); the broken variant must fail it."""
+    0.1 % of the time (seeded, so the verdict is fixed); the broken variant must fail it.
+    `subset`: a drafter that scores a few tokens only, never the likeliest (sparse proposals)."""
     import gemma_mtp_mlx.decoding as decoding
 
     name = "dense31b_tiny"
@@ -236,10 +263,11 @@ def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch):
     prefix = prompt + [int(mx.argmax(forward_logits(p.target, prompt)[-1]).item())]
     params = SamplingParams(temperature=0.7, top_p=0.9, min_p=0.1, seed=11)
     joint = exact_pair_distribution(p.target, prefix, params)
-    stat, crit = chi2_fits(speculative_pairs(p, prefix, params, 800).ravel(), joint.ravel())
+    pairs = speculative_pairs(p, prefix, params, 800, subset)
+    stat, crit = chi2_fits(pairs.ravel(), joint.ravel())
     assert stat < crit, (stat, crit)
     monkeypatch.setattr(decoding, "speculative_accept", resample_from_p)
-    stat, crit = chi2_fits(speculative_pairs(p, prefix, params, 400).ravel(), joint.ravel())
+    stat, crit = chi2_fits(speculative_pairs(p, prefix, params, 400, subset).ravel(), joint.ravel())
     assert stat > crit, (stat, crit)  # measured: 4x the critical value at 800 draws
 
 

@@ -69,3 +69,38 @@ def test_centroid_head_masks_unselected_tokens():
     fill = logits.min()
     assert (logits > fill).sum() == n_real
     assert np.isclose(np.min(logits[logits > fill]) - 1.0, fill, atol=1e-5)  # fill = min(real) - 1
+
+
+def subset_drafter(target):
+    """A distilled-style drafter whose head scores 64 scattered tokens."""
+    from gemma_mtp_mlx.distill import build_drafter, drafter_config
+
+    drafter = build_drafter(drafter_config(target, hidden=32, draft_vocab=64))
+    drafter.draft_token_ids = mx.array(np.random.default_rng(0).permutation(
+        target.vocab_size)[:64].astype(np.int32))
+    return drafter
+
+
+@pytest.mark.parametrize("head", ["centroids", "whole vocabulary", "subset"])
+def test_propose_gives_the_same_scores_as_the_full_head(head):
+    """Decoding drafts from `propose` (the draftable tokens' logits and ids); spread over the
+    vocabulary they are `__call__`'s logits, every other token scored below all of them."""
+    name = "e2b_tiny" if head == "centroids" else "dense31b_tiny"
+    p, ref = pair(name), reference(name)
+    drafter = subset_drafter(p.target) if head == "subset" else p.drafter
+    width = 2 * p.target.hidden_size
+    x = mx.array(np.random.default_rng(1).normal(size=(1, 1, width)).astype(np.float32))
+    shared = shared_from_reference(ref, p.target.sliding_window)
+    full, carry = drafter(x, int(ref["draft_position"]), shared)
+    logits, ids, carry2 = drafter.propose(x, int(ref["draft_position"]), shared)
+    full, logits = np.array(full[0, 0]), np.array(logits[0, 0])
+    np.testing.assert_array_equal(np.array(carry), np.array(carry2))
+    if head == "whole vocabulary":
+        assert ids is None
+        np.testing.assert_allclose(logits, full, atol=1e-6)
+        return
+    ids = np.array(ids if ids.ndim == 1 else ids[0, 0])
+    assert len(set(ids.tolist())) == len(ids) < p.target.vocab_size
+    np.testing.assert_allclose(full[ids], logits, atol=1e-6)
+    others = np.delete(full, ids)
+    assert others.max() < logits.min()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from stats import chi2_critical, chi2_fits
 
-from gemma_mtp_mlx.sampling import SamplingParams, probabilities, speculative_accept
+from gemma_mtp_mlx.sampling import Proposal, SamplingParams, probabilities, speculative_accept
 
 
 def test_chi2_critical_values():
@@ -33,21 +33,34 @@ def test_bad_params_are_refused():
             SamplingParams(**bad).validate()
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_rejection_sampling_keeps_target_distribution(seed):
-    """First emitted token ~ p0; second, when the first draft survived, ~ p1."""
+def drafter_proposal(q: mx.array, columns: np.ndarray | None, key: mx.array):
+    """Drafts drawn from q [K, C] over token ids `columns` [C] (None: C = V, in order)."""
+    picks = mx.random.categorical(mx.log(q), key=key)
+    if columns is None:
+        return Proposal(q, picks), picks
+    ids = mx.broadcast_to(mx.array(columns, dtype=mx.int32), q.shape)
+    return Proposal(q, picks, ids), mx.take_along_axis(ids, picks[:, None], axis=1)[:, 0]
+
+
+@pytest.mark.parametrize("seed, columns", [(0, None), (1, None), (2, [4, 1, 5]), (3, [2, 0])])
+def test_rejection_sampling_keeps_target_distribution(seed, columns):
+    """First emitted token ~ p0; second, when the first draft survived, ~ p1; with a drafter
+    over the whole vocabulary and with one that can draft only a few tokens (`columns`)."""
     rng = np.random.default_rng(seed)
     V, K, N = 6, 3, 4000
+    C = V if columns is None else len(columns)
     p = rng.dirichlet(np.ones(V), size=K + 1).astype(np.float32)
-    q = rng.dirichlet(np.ones(V) * 0.5, size=K).astype(np.float32)
+    q = rng.dirichlet(np.ones(C) * 0.5, size=K).astype(np.float32)
+    q_full = np.zeros((K, V), np.float32)
+    q_full[:, columns if columns is not None else slice(None)] = q
     p_mx, q_mx = mx.array(p), mx.array(q)
     key = mx.random.key(seed)
     first, second = np.zeros(V), np.zeros(V)
     for _ in range(N):
         key, k_draft, k_accept = mx.random.split(key, 3)
-        drafts = mx.random.categorical(mx.log(q_mx), key=k_draft)
-        n, nxt = speculative_accept(p_mx, q_mx, drafts, k_accept)
-        n, nxt, d = n.item(), nxt.item(), drafts.tolist()
+        proposal, drafts = drafter_proposal(q_mx, columns, k_draft)
+        n, nxt = speculative_accept(lambda i: p_mx[i], proposal, drafts, k_accept)
+        d = drafts.tolist()
         emitted = d[:n] + [nxt]
         first[emitted[0]] += 1
         if n >= 1:
@@ -56,11 +69,52 @@ def test_rejection_sampling_keeps_target_distribution(seed):
         stat, crit = chi2_fits(counts, probs)
         assert stat < crit, (stat, crit, counts / counts.sum(), probs)
     # And it is a real test: the drafter's own distribution is rejected.
-    stat, crit = chi2_fits(first, q[0])
+    stat, crit = chi2_fits(first, q_full[0] + 1e-9)
     assert stat > crit
+
+
+def test_a_subset_proposal_is_the_dense_one_restricted():
+    """The same draws from a subset proposal and from its dense equivalent (zeros elsewhere)
+    give the same acceptances and the same replacement tokens."""
+    rng = np.random.default_rng(7)
+    V, K, columns = 9, 3, np.array([6, 2, 7, 0])
+    p = mx.array(rng.dirichlet(np.ones(V), size=K + 1).astype(np.float32))
+    q = mx.array(rng.dirichlet(np.ones(len(columns)), size=K).astype(np.float32))
+    dense = mx.zeros((K, V)).at[:, mx.array(columns)].add(q)
+    rejected = 0
+    for i in range(200):
+        sparse, drafts = drafter_proposal(q, columns, mx.random.key(i))
+        a = speculative_accept(lambda r: p[r], sparse, drafts, mx.random.key(1000 + i))
+        b = speculative_accept(lambda r: p[r], Proposal(dense, drafts), drafts,
+                               mx.random.key(1000 + i))
+        assert a == b
+        rejected += a[0] < K
+    assert rejected > 50  # the residual path ran
 
 
 def test_identical_distributions_accept_everything():
     p = mx.array(np.full((3, 4), 0.25, dtype=np.float32))
-    n, _ = speculative_accept(p, p[:2], mx.array([1, 2]), mx.random.key(0))
-    assert n.item() == 2
+    drafts = mx.array([1, 2])
+    n, _ = speculative_accept(lambda i: p[i], Proposal(p[:2], drafts), drafts, mx.random.key(0))
+    assert n == 2
+
+
+def test_rows_past_the_first_rejection_are_never_computed():
+    """Each target row costs a vocabulary-wide softmax: only rows 0..n are asked for."""
+    rng = np.random.default_rng(3)
+    V, K = 8, 4
+    p = mx.array(rng.dirichlet(np.ones(V), size=K + 1).astype(np.float32))
+    q = mx.array(rng.dirichlet(np.ones(V), size=K).astype(np.float32))
+    seen = set()
+    for i in range(50):
+        asked = []
+
+        def row(r, asked=asked):
+            asked.append(r)
+            return p[r]
+
+        proposal, drafts = drafter_proposal(q, None, mx.random.key(i))
+        n, _ = speculative_accept(row, proposal, drafts, mx.random.key(100 + i))
+        assert asked == list(range(n + 1))
+        seen.add(n)
+    assert len(seen) >= 3  # early rejections and later ones both ran

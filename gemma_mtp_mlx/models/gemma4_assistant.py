@@ -62,15 +62,20 @@ class MaskedEmbedder(nn.Module):
 
     def __call__(self, h: mx.array, head: nn.Module) -> mx.array:
         B, L, _ = h.shape
-        scores = self.centroids(h)
-        top = mx.argpartition(-scores, kth=self.top_k - 1, axis=-1)[..., : self.top_k]
-        clusters = self.token_ordering.reshape(self.num_centroids, self.per_centroid)
-        ids = clusters[top].reshape(B, L, -1)  # [B, L, top_k * per_centroid]
-        rows = head(ids)  # embedding rows (dequantized if the head is quantized)
-        selected = (rows.astype(h.dtype) @ h[..., None]).squeeze(-1)
+        selected, ids = self.candidates(h, head)
         fill = selected.min() - 1.0
         out = mx.full((B, L, self.vocab_size), fill, dtype=selected.dtype)
         return mx.put_along_axis(out, ids, selected, axis=-1)
+
+    def candidates(self, h: mx.array, head: nn.Module) -> tuple[mx.array, mx.array]:
+        """The top-k clusters' tokens: logits and ids, each [B, L, top_k * per_centroid]."""
+        B, L, _ = h.shape
+        scores = self.centroids(h)
+        top = mx.argpartition(-scores, kth=self.top_k - 1, axis=-1)[..., : self.top_k]
+        clusters = self.token_ordering.reshape(self.num_centroids, self.per_centroid)
+        ids = clusters[top].reshape(B, L, -1)
+        rows = head(ids)  # embedding rows (dequantized if the head is quantized)
+        return (rows.astype(h.dtype) @ h[..., None]).squeeze(-1), ids
 
 
 class DrafterBody(nn.Module):
@@ -109,6 +114,16 @@ class Model(nn.Module):
         h, carry = self.body(inputs_embeds, position, shared_kv, mask)
         return self.head(h), carry
 
+    def propose(
+        self, inputs_embeds: mx.array, position: int | mx.array, shared_kv: dict
+    ) -> tuple[mx.array, mx.array | None, mx.array]:
+        """One draft step as decoding needs it: (logits of the tokens this drafter can
+        draft [B, L, C], their ids ([C] or [B, L, C]; None: all V in order), carry).
+        The same scores as __call__ without spreading them over the vocabulary."""
+        h, carry = self.body(inputs_embeds, position, shared_kv)
+        logits, ids = self.candidates(h)
+        return logits, ids, carry
+
     def body(
         self,
         inputs_embeds: mx.array,
@@ -136,6 +151,13 @@ class Model(nn.Module):
         if self.args.draft_vocab_size:
             return self.expand_logits(self.model.embed_tokens.as_linear(h))
         return self.model.embed_tokens.as_linear(h)
+
+    def candidates(self, h: mx.array) -> tuple[mx.array, mx.array | None]:
+        """(logits of the draftable tokens, their ids; None: the whole vocabulary)."""
+        if self.args.use_ordered_embeddings:
+            return self.masked_embedding.candidates(h, self.model.embed_tokens)
+        ids = self.draft_token_ids if self.args.draft_vocab_size else None
+        return self.model.embed_tokens.as_linear(h), ids
 
     def expand_logits(self, sub: mx.array) -> mx.array:
         """Logits over `draft_token_ids` [..., V'] -> the full vocabulary, -inf elsewhere."""
