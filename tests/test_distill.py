@@ -21,6 +21,7 @@ from gemma_mtp_mlx.distill import (
     drafter_config,
     evaluate,
     export_checkpoint,
+    save_drafter,
 )
 from gemma_mtp_mlx.loading import load_pair, load_target
 
@@ -208,3 +209,30 @@ def test_greedy_rows_join_the_training_data(tmp_path):
     assert not any(data.contains_held_out(tok.decode(list(r)), held) for r in greedy)
     again = distill(target, tok, tmp_path / "drafter", **kw)  # resumes: nothing left to do
     assert again["steps"] == 6 and again["start_step"] == 6
+
+
+def test_a_quantized_distilled_drafter_runs_in_float32_on_the_cpu(tmp_path):
+    """On the CPU in float32 an 8-bit distilled drafter is dequantized at load (MLX's CPU
+    quantized matmuls are the slower ones there); it scores as the 8-bit one does."""
+    import mlx.nn as nn
+
+    from gemma_mtp_mlx.loading import load_drafter
+
+    target, _ = tiny()
+    cfg = drafter_config(target, hidden=64, draft_vocab=128)
+    save_drafter(build_drafter(cfg), cfg, tmp_path, bits=8)
+    quantized, floats = load_drafter(tmp_path), load_drafter(tmp_path, mx.float32)
+
+    def kinds(model):
+        return {type(m) for _, m in model.named_modules()}
+
+    assert nn.QuantizedLinear in kinds(quantized) and nn.QuantizedEmbedding in kinds(quantized)
+    assert not kinds(floats) & {nn.QuantizedLinear, nn.QuantizedEmbedding}
+    cache = target.make_cache()
+    target(mx.array([[2, 3, 4, 5]]), cache)
+    x = mx.array(np.random.default_rng(0).normal(size=(1, 1, 2 * target.hidden_size)),
+                 dtype=mx.float32)
+    a, ids_a, _ = quantized.propose(x, 4, target.shared_kv(cache))
+    b, ids_b, _ = floats.propose(x, 4, target.shared_kv(cache))
+    assert ids_a.tolist() == ids_b.tolist()
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)

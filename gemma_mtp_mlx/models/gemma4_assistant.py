@@ -148,16 +148,20 @@ class Model(nn.Module):
         """Logits over the whole vocabulary (-inf for tokens this drafter never drafts)."""
         if self.args.use_ordered_embeddings:
             return self.masked_embedding(h, self.model.embed_tokens)
-        if self.args.draft_vocab_size:
-            return self.expand_logits(self.model.embed_tokens.as_linear(h))
-        return self.model.embed_tokens.as_linear(h)
+        logits, ids = self.candidates(h)
+        return logits if ids is None else self.expand_logits(logits)
 
     def candidates(self, h: mx.array) -> tuple[mx.array, mx.array | None]:
         """(logits of the draftable tokens, their ids; None: the whole vocabulary)."""
         if self.args.use_ordered_embeddings:
             return self.masked_embedding.candidates(h, self.model.embed_tokens)
         ids = self.draft_token_ids if self.args.draft_vocab_size else None
-        return self.model.embed_tokens.as_linear(h), ids
+        embed = self.model.embed_tokens
+        if isinstance(embed, nn.Embedding) and h.shape[-2] == 1:
+            # One row (decoding): a matrix-vector product, which MLX's CPU backend runs in
+            # half the time of h @ W.T (16,384 x 256 float32: 3.3 vs 6.5 ms, 2-core CPU).
+            return (embed.weight @ h[..., None]).squeeze(-1), ids
+        return embed.as_linear(h), ids
 
     def expand_logits(self, sub: mx.array) -> mx.array:
         """Logits over `draft_token_ids` [..., V'] -> the full vocabulary, -inf elsewhere."""
