@@ -18,11 +18,10 @@ from pathlib import Path
 import common as C  # noqa: F401  (puts the repository on sys.path)
 import mlx.core as mx
 
-from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session, propose
+from gemma_mtp_mlx.decoding import Decoder, DraftSchedule, Session
 from gemma_mtp_mlx.distill_data import parse_prompts
 from gemma_mtp_mlx.loading import load_drafter, load_target
-from gemma_mtp_mlx.models.cache import cache_offset
-from gemma_mtp_mlx.sampling import Proposal, SamplingParams, probabilities, sample
+from gemma_mtp_mlx.sampling import SamplingParams, probabilities
 
 HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
@@ -30,24 +29,10 @@ HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 class SharpenedDecoder(Decoder):
     scale = 1.0
 
-    def draft(self, session, k):
-        shared = self.target.shared_kv(session.cache)
-        position = cache_offset(session.cache)
-        token = mx.array([[session.pending]], dtype=mx.uint32)
-        carry, drafts, q, picks, columns = session.carry, [], [], [], []
-        for _ in range(k):
-            x = mx.concatenate([self.target.embed(token), carry.astype(self.target.dtype)], -1)
-            logits, ids, carry = propose(self.drafter, x, position, shared)
-            row = logits[0, -1]
-            if self.scale == 0:
-                dist = (mx.arange(row.shape[-1]) == mx.argmax(row)).astype(mx.float32)
-            else:
-                dist = probabilities(row / self.scale, self.sampling)
-            pick = sample(dist, self._key())
-            q.append(dist), picks.append(pick), columns.append(ids)
-            token = (pick if ids is None else ids[pick]).astype(mx.uint32).reshape(1, 1)
-            drafts.append(token.reshape(1))
-        return drafts, Proposal.stack(q, picks, columns)
+    def proposal(self, logits):
+        if self.scale == 0:
+            return (mx.arange(logits.shape[-1]) == mx.argmax(logits)).astype(mx.float32)
+        return probabilities(logits / self.scale, self.sampling)
 
 
 def main(argv=None):

@@ -173,13 +173,19 @@ class Decoder:
             if self.sampling.greedy:
                 pick = mx.argmax(logits, axis=-1)
             else:
-                q.append(probabilities(logits, self.sampling))
+                q.append(self.proposal(logits))
                 pick = sample(q[-1], self._key())
                 picks.append(pick)
                 columns.append(ids)
             token = (pick if ids is None else ids[pick]).astype(mx.uint32).reshape(1, 1)
             drafts.append(token.reshape(1))
         return drafts, (Proposal.stack(q, picks, columns) if q else None)
+
+    def proposal(self, logits: mx.array) -> mx.array:
+        """What a sampled draft is drawn from: the drafter's distribution under the request's
+        temperature and filters (sharper or greedy proposals are accepted less on the 270M
+        pair: bench/proposal_sharpness.py)."""
+        return probabilities(logits, self.sampling)
 
     def verify(self, session: Session, inputs: mx.array, fed: int):
         """One target pass over the pending token and the drafts, padded to `fed` rows
