@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .errors import first_line
 from .models import gemma4_assistant
@@ -182,6 +183,7 @@ def load_drafter(path: str | Path, dtype=None, lazy: bool = False) -> gemma4_ass
             f"{path}: model_type {config.get('model_type')!r} is not a Gemma 4 drafter"
         )
     model = _load(path, _drafter_classes, {}, dtype, "drafter", lazy)
+    _check_candidates(path, model)
     on_cpu = mx.default_device() == mx.cpu
     if model.args.draft_vocab_size and dtype is not None and dtype == mx.float32 and on_cpu:
         # A distilled drafter is small (the bundled one: 26 MB in float32), and MLX's CPU
@@ -191,6 +193,20 @@ def load_drafter(path: str | Path, dtype=None, lazy: bool = False) -> gemma4_ass
 
         model = dequantize_model(model)
     return model
+
+
+def _check_candidates(path: Path, model) -> None:
+    """A token listed twice in a subset or centroid head would be proposed with the q of one
+    of its columns and accepted against that: biased sampling. Refuse it at load."""
+    lists = {}
+    if model.args.draft_vocab_size:
+        lists["draft_token_ids"] = model.draft_token_ids
+    if hasattr(model, "masked_embedding"):
+        lists["token_ordering"] = model.masked_embedding.token_ordering
+    for name, ids in lists.items():
+        flat = np.array(ids).ravel()
+        if np.unique(flat).size != flat.size:
+            raise ModelLoadError(f"{path}: the drafter's {name} lists a token twice")
 
 
 def check_pair(target: Gemma4Target | Gemma3Target, drafter: gemma4_assistant.Model) -> None:

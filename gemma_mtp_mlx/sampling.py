@@ -82,7 +82,8 @@ def speculative_accept(
     """Leviathan et al. 2023 / Chen et al. 2023 acceptance.
 
     p_row(i): the target's probabilities [V] after draft i (row 0: before the first);
-    proposal: the drafter's distributions q_i the drafts [K] were sampled from. Draft i
+    proposal: the drafter's distributions q_i the drafts [K] were sampled from (draft i is
+    the token of column `proposal.picks[i]`, listed once in row i's ids). Draft i
     survives with probability min(1, p_i(d)/q_i(d)); at the first rejection the replacement
     is drawn from max(p_i - q_i, 0) renormalised, and after K acceptances from p_K. This keeps
     the output distributed exactly as p. Rows are asked for one at a time and none past the

@@ -34,7 +34,8 @@ def test_bad_params_are_refused():
 
 
 def drafter_proposal(q: mx.array, columns: np.ndarray | None, key: mx.array):
-    """Drafts drawn from q [K, C] over token ids `columns` [C] (None: C = V, in order)."""
+    """Drafts drawn from q [K, C] over token ids `columns` ([C], or [K, C]: other tokens each
+    row; None: C = V, in order)."""
     picks = mx.random.categorical(mx.log(q), key=key)
     if columns is None:
         return Proposal(q, picks), picks
@@ -42,17 +43,22 @@ def drafter_proposal(q: mx.array, columns: np.ndarray | None, key: mx.array):
     return Proposal(q, picks, ids), mx.take_along_axis(ids, picks[:, None], axis=1)[:, 0]
 
 
-@pytest.mark.parametrize("seed, columns", [(0, None), (1, None), (2, [4, 1, 5]), (3, [2, 0])])
-def test_rejection_sampling_keeps_target_distribution(seed, columns):
+@pytest.mark.parametrize("seed, K, columns", [
+    (0, 3, None), (1, 3, None), (2, 3, [4, 1, 5]), (3, 3, [2, 0]),
+    (4, 1, None), (5, 1, [4, 1, 5]),  # K = 1: the second token is the bonus, drawn from p1
+    (6, 2, [[4, 1, 5], [0, 2, 3]]),  # each draft step can draft other tokens
+])
+def test_rejection_sampling_keeps_target_distribution(seed, K, columns):
     """First emitted token ~ p0; second, when the first draft survived, ~ p1; with a drafter
     over the whole vocabulary and with one that can draft only a few tokens (`columns`)."""
     rng = np.random.default_rng(seed)
-    V, K, N = 6, 3, 4000
-    C = V if columns is None else len(columns)
+    V, N = 6, 4000
+    C = V if columns is None else np.shape(columns)[-1]
     p = rng.dirichlet(np.ones(V), size=K + 1).astype(np.float32)
     q = rng.dirichlet(np.ones(C) * 0.5, size=K).astype(np.float32)
     q_full = np.zeros((K, V), np.float32)
-    q_full[:, columns if columns is not None else slice(None)] = q
+    cols = np.broadcast_to(np.arange(V) if columns is None else np.array(columns), (K, C))
+    np.put_along_axis(q_full, cols, q, axis=1)
     p_mx, q_mx = mx.array(p), mx.array(q)
     key = mx.random.key(seed)
     first, second = np.zeros(V), np.zeros(V)

@@ -145,7 +145,8 @@ class Model(nn.Module):
         return h, self.post_projection(h)
 
     def head(self, h: mx.array) -> mx.array:
-        """Logits over the whole vocabulary (-inf for tokens this drafter never drafts)."""
+        """Logits over the whole vocabulary; tokens this drafter never drafts get -inf
+        (subset head) or the lowest score less one (centroid head)."""
         if self.args.use_ordered_embeddings:
             return self.masked_embedding(h, self.model.embed_tokens)
         logits, ids = self.candidates(h)
