@@ -65,6 +65,19 @@ The shipped drafter is this stage's OUT (config.json and model.safetensors):
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
         --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter \\
         --stage5 /work/runs/v4/drafter --stage6 /work/runs/v5/drafter [--shard 0|1]
+
+Stage 7 (`--stage7 DRAFTER`, alone): starts from a finished drafter folder, the shipped
+stage 6, so it needs none of the earlier stages' .work. Its 16,384-token head lacked 42 % of
+the target's greedy tokens in other languages; the head grows by the tokens the target reads
+or predicts (argmax, teacher-forced) in the multilingual prompts of greedy_prompts_3.txt and
+greedy_prompts_4.txt (7,283 tokens; a new row is the target's row through the least-squares
+map from the target's rows of the old tokens to the drafter's: `distill.extend_head`), then
+it is fine-tuned on the greedy rows of greedy_prompts_4.txt and greedy_prompts_5.txt (600 new
+prose and multilingual prompts), built with the grown head in OUT/.work:
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v7/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target \\
+        --stage7 gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
 """
 
 from __future__ import annotations
@@ -118,6 +131,13 @@ STAGE5 = {**STAGE4, "steps": 400, "seed": 4,
 # stage 6: a fourth prompt file (its multilingual ones in heldout_prompts.txt's six languages)
 STAGE6 = {**STAGE5, "seed": 5, "prompts": [*STAGE5["prompts"], "greedy_prompts_4.txt"]}
 STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6}
+# stage 7 starts from a finished drafter folder (the shipped stage 6), needs no earlier .work:
+# its head grows by the tokens it lacked in other languages (head_extra at most, counted in
+# the multilingual prompts of head_from), then it is fine-tuned on the prompt rows of `prompts`
+# only (built in its own .work with the grown head)
+STAGE7 = {"head_extra": 8192, "head_from": ["greedy_prompts_3.txt", "greedy_prompts_4.txt"],
+          "prompts": ["greedy_prompts_4.txt", "greedy_prompts_5.txt"], "prompt_repeat": 1,
+          "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 6}
 GREEDY_SHARDS = 2
 
 
@@ -293,6 +313,102 @@ def finish(target, tokenizer, drafter, config, target_dir, out: Path, result, he
     return summary
 
 
+def head_extension(target, tokenizer, files: list[Path], have, limit: int, batch: int = 16):
+    """Token ids the head (`have`) lacks that the target reads or predicts (its argmax,
+    teacher-forced) in the multilingual prompts of `files`: most frequent first (ties: first
+    seen), at most `limit`."""
+    from collections import Counter
+
+    import mlx.core as mx
+    import numpy as np
+
+    from gemma_mtp_mlx import distill_data as data
+    from gemma_mtp_mlx.models.cache import KVCache
+
+    prompts = sorted((list(tokenizer.encode(t)) for f in files
+                      for d, t in data.parse_prompts(f.read_text("utf-8")) if d == "multilingual"),
+                     key=len)
+    counts = Counter()
+    for i in range(0, len(prompts), batch):
+        group = prompts[i : i + batch]
+        width = max(map(len, group))  # right padding: a causal model's real positions ignore it
+        x = mx.array([p + [0] * (width - len(p)) for p in group])
+        h = target.hidden(x, [KVCache() for _ in target.layer_types])
+        predicted = np.array(mx.argmax(target.logits(h), axis=-1))
+        for p, guess in zip(group, predicted, strict=True):
+            counts.update(p[1:])
+            counts.update(guess[: len(p)].tolist())
+    in_head = set(np.asarray(have).tolist())
+    return [t for t, _ in counts.most_common() if t not in in_head][:limit]
+
+
+def grown_drafter(target, tokenizer, start: Path, work: Path):
+    """Stage 7's starting drafter (float32, trainable) and config: `start` dequantized, its
+    head grown (`head_extension`, `extend_head`); made once into work/init-f32."""
+    import os
+    import shutil
+
+    import numpy as np
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import dequantize_model
+
+    from gemma_mtp_mlx.distill import build_drafter, extend_head, save_drafter
+    from gemma_mtp_mlx.loading import load_drafter, read_config
+
+    init, source = work / "init-f32", {"from": str(start.resolve())}
+    if not (init / "config.json").is_file():
+        config = {k: v for k, v in read_config(start).items() if k not in ("quantization", "dtype")}
+        base = build_drafter(config)
+        base.load_weights(tree_flatten(dequantize_model(load_drafter(start)).parameters()))
+        extra = head_extension(target, tokenizer, [HERE / n for n in STAGE7["head_from"]],
+                               np.array(base.draft_token_ids), STAGE7["head_extra"])
+        config, grown = extend_head(base, config, target, extra)
+        tmp = work / f"init-f32.tmp{os.getpid()}"  # shards may start at once: same content
+        save_drafter(grown, config, tmp)
+        (tmp / "source.json").write_text(json.dumps({**source, "added": len(extra)}))
+        if (init / "config.json").is_file():
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(init)
+    if json.loads((init / "source.json").read_text())["from"] != source["from"]:
+        raise ValueError(f"{init} was started from another drafter than {start}")
+    config = {k: v for k, v in json.loads((init / "config.json").read_text()).items()
+              if k != "dtype"}
+    drafter = build_drafter(config)
+    drafter.load_weights(str(init / "model.safetensors"))
+    drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
+    return drafter, config
+
+
+def stage7(target, tokenizer, target_dir: Path, out: Path, start: Path, shard=None) -> dict:
+    """Stage 7: `start` with a grown head, fine-tuned on the greedy rows of STAGE7's prompt
+    files (only `shard`'s part of them, and no training, with `shard`)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from gemma_mtp_mlx.distill import Reporter, target_head_rows
+    from gemma_mtp_mlx.distill_greedy import JoinedCache
+
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    drafter, config = grown_drafter(target, tokenizer, start, work)
+    ids = np.array(drafter.draft_token_ids)
+    rows = np.array(target_head_rows(target, mx.array(ids)))
+    held = held_out_prompts()
+    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    shards = range(GREEDY_SHARDS) if shard is None else [shard]
+    with Reporter() as rep:
+        b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep)
+        parts = [p for name in STAGE7["prompts"] for p in prompt_parts(b, [work], HERE / name,
+                                                                      shards)]
+        if shard is not None:
+            return {"prompt_rows": sum(p.rows for p in parts)}
+        cache = JoinedCache(parts, [STAGE7["prompt_repeat"]] * len(parts))
+        result = finetune(drafter, target, cache, config, STAGE7, work, rep)
+    return finish(target, tokenizer, drafter, config, target_dir, out, result, held,
+                  {"head": int(ids.size), "prompt_rows": cache.rows})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--stage{n}", default=None, metavar=f"STAGE{n - 1}_OUT",
                        help=f"run stage {n} on a finished stage {n - 1}"
                             + (" (see above)" if n == 2 else " (with the --stageN before it)"))
+    p.add_argument("--stage7", default=None, metavar="DRAFTER",
+                   help="run stage 7 on a finished drafter folder (the shipped stage 6: "
+                        "gemma_mtp_mlx/data/gemma3-270m-drafter); no other --stageN")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -328,8 +447,11 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
     chain = [Path(c) for c in chain if c]
     if chain and (args.set or args.time_budget is not None):
         p.error("--set and --time-budget are stage 1's")
-    if not chain and (args.shard is not None or args.greedy_round is not None):
+    if not chain and not args.stage7 and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
+    if args.stage7 and (chain or args.set or args.time_budget is not None
+                        or args.greedy_round is not None):
+        p.error("--stage7 takes no other --stageN, --set, --time-budget or --greedy-round")
     if Path(args.out).resolve() in [c.resolve() for c in chain]:
         p.error("--out must be a new folder, not an earlier stage's")
     return chain
@@ -373,7 +495,10 @@ def main(argv=None):
         print(f"wrote {args.export} from step {meta['step']} ({bits or 32} bits)")
         return
     target, tokenizer, target_dir = load_pair(args)
-    if chain:
+    if args.stage7:
+        summary = stage7(target, tokenizer, target_dir, Path(args.out), Path(args.stage7),
+                         args.shard)
+    elif chain:
         summary = stage(target, tokenizer, target_dir, Path(args.out), chain, args.shard,
                         args.greedy_round)
     else:

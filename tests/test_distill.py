@@ -236,3 +236,34 @@ def test_a_quantized_distilled_drafter_runs_in_float32_on_the_cpu(tmp_path):
     b, ids_b, _ = floats.propose(x, 4, target.shared_kv(cache))
     assert ids_a.tolist() == ids_b.tolist()
     np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
+
+
+def test_a_grown_head_keeps_the_old_tokens_and_maps_the_new_ones_from_the_target():
+    """extend_head adds tokens to a subset head: the old tokens score exactly as before,
+    ids stay sorted, and a new token's row is the target's row through the linear map that
+    takes the target's rows of the old tokens to the drafter's (exact when one exists)."""
+    from gemma_mtp_mlx.distill import extend_head, target_head_rows
+
+    target, _ = tiny()
+    cfg = drafter_config(target, hidden=32, draft_vocab=128)
+    drafter = build_drafter(cfg)
+    old = np.arange(0, 256, 2, dtype=np.int32)
+    truth = np.random.default_rng(1).normal(size=(target.hidden_size, 32)).astype(np.float32)
+    drafter.draft_token_ids = mx.array(old)
+    drafter.model.embed_tokens.weight = target_head_rows(target, mx.array(old)) @ mx.array(truth)
+    new = [7, 301, 3, 2, 7]  # 2 is in the head already; 7 twice
+    grown_cfg, grown = extend_head(drafter, cfg, target, new)
+    ids = np.array(grown.draft_token_ids)
+    assert grown_cfg["draft_vocab_size"] == 131 and cfg["draft_vocab_size"] == 128
+    assert ids.tolist() == sorted(set(old.tolist()) | {3, 7, 301})
+    cache = target.make_cache()
+    target(mx.array([[2, 3, 4, 5]]), cache)
+    x = mx.array(np.random.default_rng(0).normal(size=(1, 1, 2 * target.hidden_size)),
+                 dtype=mx.float32)
+    before, _, _ = drafter.propose(x, 4, target.shared_kv(cache))
+    after, after_ids, _ = grown.propose(x, 4, target.shared_kv(cache))
+    kept = np.isin(ids, old)
+    assert np.array_equal(np.array(after)[..., kept], np.array(before))
+    rows = np.array(grown.model.embed_tokens.weight)[~kept]
+    want = np.array(target_head_rows(target, mx.array([3, 7, 301]))) @ truth
+    np.testing.assert_allclose(rows, want, rtol=1e-3, atol=1e-3)

@@ -24,6 +24,8 @@ import distill_gemma3_270m as recipe  # noqa: E402
     (["--stage2", "s1", "--set", "lr=1"], "stage 1's"),
     (["--stage2", "OUT"], "new folder"),
     (["--stage2", "s1", "--shard", "2"], "invalid choice"),
+    (["--stage7", "d", "--stage2", "s1"], "no other --stageN"),
+    (["--stage7", "d", "--greedy-round", "0"], "no other --stageN"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -43,7 +45,8 @@ def grams(text: str, n: int = 5) -> set[tuple]:
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
-PROMPT_FILES = sorted({n for s in recipe.STAGES.values() for n in s.get("prompts", ())})
+PROMPT_FILES = sorted({n for s in [*recipe.STAGES.values(), recipe.STAGE7]
+                       for n in [*s.get("prompts", ()), *s.get("head_from", ())]})
 
 
 @pytest.mark.parametrize("name", PROMPT_FILES)
@@ -51,11 +54,17 @@ def test_prompt_files_share_no_five_words_with_a_held_out_prompt(name):
     prompts = data.parse_prompts((BENCH / name).read_text("utf-8"))
     held = [p for _, p in data.parse_prompts((BENCH / "heldout_prompts.txt").read_text("utf-8"))]
     held_grams = set().union(*(grams(h) for h in held))
-    assert len(prompts) >= 600 and {d for d, _ in prompts} == {
-        "coding", "chat", "prose", "multilingual"}
+    assert len(prompts) >= 600
     clashes = [p for _, p in prompts if grams(p) & held_grams]
     assert not clashes, clashes[:3]
     assert not any(data.contains_held_out(p, held) for _, p in prompts)
+
+
+@pytest.mark.parametrize("settings", [*recipe.STAGES.values(), recipe.STAGE7])
+def test_each_stage_prompts_every_domain(settings):
+    names = settings.get("prompts", ())
+    domains = {d for n in names for d, _ in data.parse_prompts((BENCH / n).read_text("utf-8"))}
+    assert not names or domains == {"coding", "chat", "prose", "multilingual"}
 
 
 class CharTokenizer:
@@ -83,3 +92,32 @@ def test_prompt_rows_are_read_from_the_earlier_stage_that_built_them(tmp_path):
     b.held = ["Autumn came early that year. The orchard"]
     with pytest.raises(ValueError, match="held-out prompt"):
         recipe.prompt_parts(b, [current], file, range(2))
+
+
+def test_head_extension_counts_what_the_target_reads_and_predicts_unpadded(tmp_path):
+    """Stage 7's new head tokens: the multilingual prompts' tokens and the target's argmax
+    after each, outside the head, most frequent first; batching with right padding counts
+    what one prompt at a time does."""
+    from collections import Counter
+
+    import mlx.core as mx
+    import numpy as np
+    from conftest import FIXTURES
+
+    from gemma_mtp_mlx.loading import load_target
+
+    target = load_target(FIXTURES / "e2b_tiny" / "target")
+    file = tmp_path / "p.txt"
+    file.write_text("[multilingual] abcabd\n[prose] zzzzzz\n[multilingual] bcd\n"
+                    "[multilingual] ccccccccca\n", "utf-8")
+    head = np.array([ord("a"), ord("z")])
+    got = recipe.head_extension(target, CharTokenizer(), [file], head, limit=1000, batch=2)
+    counts = Counter()
+    for text in ("abcabd", "bcd", "ccccccccca"):
+        ids = [ord(c) for c in text]
+        logits = target.logits(target.hidden(mx.array([ids]), target.make_cache()))
+        counts.update(ids[1:] + np.array(mx.argmax(logits, -1))[0].tolist())
+    want = [t for t, _ in counts.most_common() if t not in head.tolist()]
+    assert sorted(got) == sorted(want) and ord("c") == got[0] and ord("z") not in got
+    assert [counts[t] for t in got] == sorted((counts[t] for t in got), reverse=True)
+    assert recipe.head_extension(target, CharTokenizer(), [file], head, 2, 2) == got[:2]
