@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 6, each fine-tuning the one before; the package ships stage 6.
+stage 1, then stages 2 to 7, each fine-tuning the one before; the package ships stage 7.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -59,25 +59,28 @@ stage 4's prompt rows (read from STAGE4_OUT/.work), the greedy rounds and stage 
 Stage 6 (`--stage6 STAGE5_OUT`, with the four before): the same with a fourth prompt file,
 bench/greedy_prompts_4.txt (1,200 prompts; its 400 multilingual ones in French, German,
 Spanish, Italian, Japanese and Chinese), the earlier prompt rows read from stages 4 and 5.
-The shipped drafter is this stage's OUT (config.json and model.safetensors):
+The drafter shipped until commit 19b9d1f is this stage's OUT (config.json and
+model.safetensors):
 
     python bench/distill_gemma3_270m.py --out /work/runs/v6/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
         --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter \\
         --stage5 /work/runs/v4/drafter --stage6 /work/runs/v5/drafter [--shard 0|1]
 
-Stage 7 (`--stage7 DRAFTER`, alone): starts from a finished drafter folder, the shipped
-stage 6, so it needs none of the earlier stages' .work. Its 16,384-token head lacked 42 % of
-the target's greedy tokens in other languages; the head grows by the tokens the target reads
-or predicts (argmax, teacher-forced) in the multilingual prompts of greedy_prompts_3.txt and
-greedy_prompts_4.txt (7,283 tokens; a new row is the target's row through the least-squares
-map from the target's rows of the old tokens to the drafter's: `distill.extend_head`), then
-it is fine-tuned on the greedy rows of greedy_prompts_4.txt and greedy_prompts_5.txt (600 new
-prose and multilingual prompts), built with the grown head in OUT/.work:
+Stage 7 (`--stage7 DRAFTER`, alone): starts from a finished drafter folder, stage 6 as
+shipped until commit 19b9d1f, so it needs none of the earlier stages' .work. Its
+16,384-token head lacked 42 % of the target's greedy tokens in other languages; the head
+grows by the tokens the target reads or predicts (argmax, teacher-forced) in the
+multilingual prompts of greedy_prompts_3.txt and greedy_prompts_4.txt (7,283 tokens; a new
+row is the target's row through the least-squares map from the target's rows of the old
+tokens to the drafter's: `distill.extend_head`), then it is fine-tuned on the greedy rows of
+greedy_prompts_4.txt and greedy_prompts_5.txt (600 new prose and multilingual prompts),
+built with the grown head in OUT/.work. The package ships this stage's OUT:
 
+    git archive 19b9d1f gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage6
     python bench/distill_gemma3_270m.py --out /work/runs/v7/drafter \\
         --target-dir /work/runs/g3_270m_pair/target \\
-        --stage7 gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
+        --stage7 /tmp/stage6/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
 """
 
 from __future__ import annotations
@@ -426,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"run stage {n} on a finished stage {n - 1}"
                             + (" (see above)" if n == 2 else " (with the --stageN before it)"))
     p.add_argument("--stage7", default=None, metavar="DRAFTER",
-                   help="run stage 7 on a finished drafter folder (the shipped stage 6: "
-                        "gemma_mtp_mlx/data/gemma3-270m-drafter); no other --stageN")
+                   help="run stage 7 on a finished drafter folder (stage 6, as shipped "
+                        "until commit 19b9d1f); no other --stageN")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
