@@ -211,6 +211,15 @@ def test_greedy_rows_join_the_training_data(tmp_path):
     assert again["steps"] == 6 and again["start_step"] == 6
 
 
+def propose_after_four_tokens(target, drafter):
+    """The drafter's proposal (logits, ids, carry) for a fixed random input after 4 tokens."""
+    cache = target.make_cache()
+    target(mx.array([[2, 3, 4, 5]]), cache)
+    x = mx.array(np.random.default_rng(0).normal(size=(1, 1, 2 * target.hidden_size)),
+                 dtype=mx.float32)
+    return drafter.propose(x, 4, target.shared_kv(cache))
+
+
 def test_a_quantized_distilled_drafter_runs_in_float32_on_the_cpu(tmp_path):
     """On the CPU in float32 an 8-bit distilled drafter is dequantized at load (MLX's CPU
     quantized matmuls are the slower ones there); it scores as the 8-bit one does."""
@@ -228,12 +237,8 @@ def test_a_quantized_distilled_drafter_runs_in_float32_on_the_cpu(tmp_path):
 
     assert nn.QuantizedLinear in kinds(quantized) and nn.QuantizedEmbedding in kinds(quantized)
     assert not kinds(floats) & {nn.QuantizedLinear, nn.QuantizedEmbedding}
-    cache = target.make_cache()
-    target(mx.array([[2, 3, 4, 5]]), cache)
-    x = mx.array(np.random.default_rng(0).normal(size=(1, 1, 2 * target.hidden_size)),
-                 dtype=mx.float32)
-    a, ids_a, _ = quantized.propose(x, 4, target.shared_kv(cache))
-    b, ids_b, _ = floats.propose(x, 4, target.shared_kv(cache))
+    a, ids_a, _ = propose_after_four_tokens(target, quantized)
+    b, ids_b, _ = propose_after_four_tokens(target, floats)
     assert ids_a.tolist() == ids_b.tolist()
     np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
 
@@ -256,12 +261,8 @@ def test_a_grown_head_keeps_the_old_tokens_and_maps_the_new_ones_from_the_target
     ids = np.array(grown.draft_token_ids)
     assert grown_cfg["draft_vocab_size"] == 131 and cfg["draft_vocab_size"] == 128
     assert ids.tolist() == sorted(set(old.tolist()) | {3, 7, 301})
-    cache = target.make_cache()
-    target(mx.array([[2, 3, 4, 5]]), cache)
-    x = mx.array(np.random.default_rng(0).normal(size=(1, 1, 2 * target.hidden_size)),
-                 dtype=mx.float32)
-    before, _, _ = drafter.propose(x, 4, target.shared_kv(cache))
-    after, after_ids, _ = grown.propose(x, 4, target.shared_kv(cache))
+    before, _, _ = propose_after_four_tokens(target, drafter)
+    after, _, _ = propose_after_four_tokens(target, grown)
     kept = np.isin(ids, old)
     assert np.array_equal(np.array(after)[..., kept], np.array(before))
     rows = np.array(grown.model.embed_tokens.weight)[~kept]
