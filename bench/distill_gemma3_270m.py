@@ -261,7 +261,7 @@ def previous_drafter(previous: Path, work: Path, ids):
 
     import numpy as np
 
-    from gemma_mtp_mlx.distill import build_drafter, export_checkpoint
+    from gemma_mtp_mlx.distill import export_checkpoint
 
     init = work / "init-f32"
     source = {"from": str(previous.resolve())}
@@ -277,13 +277,21 @@ def previous_drafter(previous: Path, work: Path, ids):
         else source  # made before source.json existed (the shipped stages 2 and 3)
     if saved["from"] != source["from"]:
         raise ValueError(f"{init} was started from {saved['from']}, not {previous}")
+    drafter, config = trainable(init)
+    if not (np.array(drafter.draft_token_ids) == ids).all():
+        raise ValueError(f"{previous}'s drafter has another head than stage 1's")
+    return drafter, config
+
+
+def trainable(init: Path):
+    """(drafter, config) from a float32 drafter folder, its head's token ids frozen."""
+    from gemma_mtp_mlx.distill import build_drafter
+
     config = json.loads((init / "config.json").read_text())
+    config.pop("dtype", None)
     drafter = build_drafter(config)
     drafter.load_weights(str(init / "model.safetensors"))
     drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
-    if not (np.array(drafter.draft_token_ids) == ids).all():
-        raise ValueError(f"{previous}'s drafter has another head than stage 1's")
-    config.pop("dtype", None)
     return drafter, config
 
 
@@ -375,12 +383,7 @@ def grown_drafter(target, tokenizer, start: Path, work: Path):
             tmp.rename(init)
     if json.loads((init / "source.json").read_text())["from"] != source["from"]:
         raise ValueError(f"{init} was started from another drafter than {start}")
-    config = {k: v for k, v in json.loads((init / "config.json").read_text()).items()
-              if k != "dtype"}
-    drafter = build_drafter(config)
-    drafter.load_weights(str(init / "model.safetensors"))
-    drafter.freeze(keys=["draft_token_ids"], recurse=False, strict=False)
-    return drafter, config
+    return trainable(init)
 
 
 def stage7(target, tokenizer, target_dir: Path, out: Path, start: Path, shard=None) -> dict:
