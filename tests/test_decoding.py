@@ -476,4 +476,10 @@ def test_long_context_greedy_equals_plain(kind, context):
         schedule = DraftSchedule(fixed=K) if K else make_schedule(None)
         got, rounds = continue_(drafter, schedule)
         assert got == want, (kind, context, K)
-        assert sum(r.accepted for r in rounds) > 5
+        # Fixed K drafts every round (0.8 of drafts agree); auto chooses by measured round
+        # times, which on a loaded 2-core machine may turn drafting off after its first
+        # rounds (a fresh-clone run, 2026-12-03: 4 accepted): it must at least have drafted.
+        if K:
+            assert sum(r.accepted for r in rounds) > 5, (kind, context, K)
+        else:
+            assert any(r.draft_len for r in rounds), (kind, context)
