@@ -81,6 +81,15 @@ built with the grown head in OUT/.work. The package ships this stage's OUT:
     python bench/distill_gemma3_270m.py --out /work/runs/v7/drafter \\
         --target-dir /work/runs/g3_270m_pair/target \\
         --stage7 /tmp/stage6/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
+
+Stage 8 (`--stage8 DRAFTER`, alone): stage 7 as shipped from commit e2fd4fe, its head kept,
+fine-tuned on the greedy rows of greedy_prompts_4.txt, _5 and _6 (600 new coding and chat
+prompts: stage 7 had lost ground there), built in OUT/.work:
+
+    git archive e2fd4fe gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage7
+    python bench/distill_gemma3_270m.py --out /work/runs/v8/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target \\
+        --stage8 /tmp/stage7/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
 """
 
 from __future__ import annotations
@@ -134,13 +143,19 @@ STAGE5 = {**STAGE4, "steps": 400, "seed": 4,
 # stage 6: a fourth prompt file (its multilingual ones in heldout_prompts.txt's six languages)
 STAGE6 = {**STAGE5, "seed": 5, "prompts": [*STAGE5["prompts"], "greedy_prompts_4.txt"]}
 STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6}
-# stage 7 starts from a finished drafter folder (the shipped stage 6), needs no earlier .work:
-# its head grows by the tokens it lacked in other languages (head_extra at most, counted in
-# the multilingual prompts of head_from), then it is fine-tuned on the prompt rows of `prompts`
-# only (built in its own .work with the grown head)
+# stages 7 and 8 start from a finished drafter folder (7: the shipped stage 6; 8: the shipped
+# stage 7) and need no earlier .work: the head grows by the tokens it lacked in other languages
+# (head_extra at most, counted in the multilingual prompts of head_from; stage 8 keeps stage 7's
+# head), then it is fine-tuned on the prompt rows of `prompts` only (built in its own .work)
 STAGE7 = {"head_extra": 8192, "head_from": ["greedy_prompts_3.txt", "greedy_prompts_4.txt"],
           "prompts": ["greedy_prompts_4.txt", "greedy_prompts_5.txt"], "prompt_repeat": 1,
           "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 6}
+# stage 8: stage 7 lost coding and chat (3.26 -> 2.86, 2.53 -> 2.45 tokens/verify; its rows had
+# 250 of each): the 600 coding and chat prompts of greedy_prompts_6.txt join stage 7's files;
+# 500 steps, as the rows are 1.33x stage 7's (the same ~3.5 passes over them)
+STAGE8 = {**STAGE7, "head_extra": 0, "head_from": [],
+          "prompts": [*STAGE7["prompts"], "greedy_prompts_6.txt"], "steps": 500, "seed": 7}
+FROM_DRAFTER = {7: STAGE7, 8: STAGE8}
 GREEDY_SHARDS = 2
 
 
@@ -353,9 +368,10 @@ def head_extension(target, tokenizer, files: list[Path], have, limit: int, batch
     return [t for t, _ in counts.most_common() if t not in in_head][:limit]
 
 
-def grown_drafter(target, tokenizer, start: Path, work: Path):
-    """Stage 7's starting drafter (float32, trainable) and config: `start` dequantized, its
-    head grown (`head_extension`, `extend_head`); made once into work/init-f32."""
+def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
+    """A stage's starting drafter (float32, trainable) and config: `start` dequantized, its
+    head grown by settings' head_extra tokens at most (`head_extension`, `extend_head`);
+    made once into work/init-f32."""
     import os
     import shutil
 
@@ -371,9 +387,10 @@ def grown_drafter(target, tokenizer, start: Path, work: Path):
         config = {k: v for k, v in read_config(start).items() if k not in ("quantization", "dtype")}
         base = build_drafter(config)
         base.load_weights(tree_flatten(dequantize_model(load_drafter(start)).parameters()))
-        extra = head_extension(target, tokenizer, [HERE / n for n in STAGE7["head_from"]],
-                               np.array(base.draft_token_ids), STAGE7["head_extra"])
-        config, grown = extend_head(base, config, target, extra)
+        extra = head_extension(target, tokenizer, [HERE / n for n in settings["head_from"]],
+                               np.array(base.draft_token_ids), settings["head_extra"]) \
+            if settings["head_extra"] else []
+        config, grown = extend_head(base, config, target, extra) if extra else (config, base)
         tmp = work / f"init-f32.tmp{os.getpid()}"  # shards may start at once: same content
         save_drafter(grown, config, tmp)
         (tmp / "source.json").write_text(json.dumps({**source, "added": len(extra)}))
@@ -386,9 +403,11 @@ def grown_drafter(target, tokenizer, start: Path, work: Path):
     return trainable(init)
 
 
-def stage7(target, tokenizer, target_dir: Path, out: Path, start: Path, shard=None) -> dict:
-    """Stage 7: `start` with a grown head, fine-tuned on the greedy rows of STAGE7's prompt
-    files (only `shard`'s part of them, and no training, with `shard`)."""
+def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Path,
+                       settings: dict, shard=None) -> dict:
+    """Stage 7 or 8 (`settings`): `start` (its head grown, if settings say so) fine-tuned on
+    the greedy rows of settings' prompt files (only `shard`'s part of them, and no training,
+    with `shard`)."""
     import mlx.core as mx
     import numpy as np
 
@@ -397,7 +416,7 @@ def stage7(target, tokenizer, target_dir: Path, out: Path, start: Path, shard=No
 
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    drafter, config = grown_drafter(target, tokenizer, start, work)
+    drafter, config = grown_drafter(target, tokenizer, start, work, settings)
     ids = np.array(drafter.draft_token_ids)
     rows = np.array(target_head_rows(target, mx.array(ids)))
     held = held_out_prompts()
@@ -405,12 +424,12 @@ def stage7(target, tokenizer, target_dir: Path, out: Path, start: Path, shard=No
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
     with Reporter() as rep:
         b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep)
-        parts = [p for name in STAGE7["prompts"] for p in prompt_parts(b, [work], HERE / name,
-                                                                      shards)]
+        parts = [p for name in settings["prompts"]
+                 for p in prompt_parts(b, [work], HERE / name, shards)]
         if shard is not None:
             return {"prompt_rows": sum(p.rows for p in parts)}
-        cache = JoinedCache(parts, [STAGE7["prompt_repeat"]] * len(parts))
-        result = finetune(drafter, target, cache, config, STAGE7, work, rep)
+        cache = JoinedCache(parts, [settings["prompt_repeat"]] * len(parts))
+        result = finetune(drafter, target, cache, config, settings, work, rep)
     return finish(target, tokenizer, drafter, config, target_dir, out, result, held,
                   {"head": int(ids.size), "prompt_rows": cache.rows})
 
@@ -431,9 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--stage{n}", default=None, metavar=f"STAGE{n - 1}_OUT",
                        help=f"run stage {n} on a finished stage {n - 1}"
                             + (" (see above)" if n == 2 else " (with the --stageN before it)"))
-    p.add_argument("--stage7", default=None, metavar="DRAFTER",
-                   help="run stage 7 on a finished drafter folder (stage 6, as shipped "
-                        "until commit 19b9d1f); no other --stageN")
+    for n, was in ((7, "stage 6, as shipped until commit 19b9d1f"),
+                   (8, "stage 7, as shipped from commit e2fd4fe")):
+        p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
+                       help=f"run stage {n} on a finished drafter folder ({was}); "
+                            "no other --stageN")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -453,11 +474,13 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
     chain = [Path(c) for c in chain if c]
     if chain and (args.set or args.time_budget is not None):
         p.error("--set and --time-budget are stage 1's")
-    if not chain and not args.stage7 and (args.shard is not None or args.greedy_round is not None):
+    start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
+    if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
-    if args.stage7 and (chain or args.set or args.time_budget is not None
-                        or args.greedy_round is not None):
-        p.error("--stage7 takes no other --stageN, --set, --time-budget or --greedy-round")
+    if start and (chain or len(start) > 1 or args.set or args.time_budget is not None
+                  or args.greedy_round is not None):
+        p.error(f"--stage{start[0]} takes no other --stageN, --set, --time-budget or "
+                "--greedy-round")
     if Path(args.out).resolve() in [c.resolve() for c in chain]:
         p.error("--out must be a new folder, not an earlier stage's")
     return chain
@@ -501,9 +524,11 @@ def main(argv=None):
         print(f"wrote {args.export} from step {meta['step']} ({bits or 32} bits)")
         return
     target, tokenizer, target_dir = load_pair(args)
-    if args.stage7:
-        summary = stage7(target, tokenizer, target_dir, Path(args.out), Path(args.stage7),
-                         args.shard)
+    start = next((n for n in FROM_DRAFTER if getattr(args, f"stage{n}")), None)
+    if start:
+        summary = stage_from_drafter(target, tokenizer, target_dir, Path(args.out),
+                                     Path(getattr(args, f"stage{start}")), FROM_DRAFTER[start],
+                                     args.shard)
     elif chain:
         summary = stage(target, tokenizer, target_dir, Path(args.out), chain, args.shard,
                         args.greedy_round)

@@ -26,6 +26,8 @@ import distill_gemma3_270m as recipe  # noqa: E402
     (["--stage2", "s1", "--shard", "2"], "invalid choice"),
     (["--stage7", "d", "--stage2", "s1"], "no other --stageN"),
     (["--stage7", "d", "--greedy-round", "0"], "no other --stageN"),
+    (["--stage8", "d", "--stage7", "d"], "no other --stageN"),
+    (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -45,9 +47,9 @@ def grams(text: str, n: int = 5) -> set[tuple]:
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
-PROMPT_FILES = sorted({n for s in [*recipe.STAGES.values(), recipe.STAGE7]
-                       for n in [*s.get("prompts", ()), *s.get("head_from", ())]}
-                      | {"greedy_prompts_6.txt"})  # written for the next stage
+STAGE_SETTINGS = [*recipe.STAGES.values(), *recipe.FROM_DRAFTER.values()]
+PROMPT_FILES = sorted({n for s in STAGE_SETTINGS
+                       for n in [*s.get("prompts", ()), *s.get("head_from", ())]})
 
 
 @pytest.mark.parametrize("name", PROMPT_FILES)
@@ -61,7 +63,7 @@ def test_prompt_files_share_no_five_words_with_a_held_out_prompt(name):
     assert not any(data.contains_held_out(p, held) for _, p in prompts)
 
 
-@pytest.mark.parametrize("settings", [*recipe.STAGES.values(), recipe.STAGE7])
+@pytest.mark.parametrize("settings", STAGE_SETTINGS)
 def test_each_stage_prompts_every_domain(settings):
     names = settings.get("prompts", ())
     domains = {d for n in names for d, _ in data.parse_prompts((BENCH / n).read_text("utf-8"))}
@@ -122,3 +124,34 @@ def test_head_extension_counts_what_the_target_reads_and_predicts_unpadded(tmp_p
     assert sorted(got) == sorted(want) and ord("c") == got[0] and ord("z") not in got
     assert [counts[t] for t in got] == sorted((counts[t] for t in got), reverse=True)
     assert recipe.head_extension(target, CharTokenizer(), [file], head, 2, 2) == got[:2]
+
+
+def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
+    """A stage with head_extra 0 (stage 8) starts from the start folder's drafter
+    dequantized, its head unchanged; init-f32 is made once and tied to that start."""
+    import mlx.core as mx
+    import numpy as np
+    from conftest import FIXTURES
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import dequantize_model
+
+    from gemma_mtp_mlx.distill import build_drafter, drafter_config, save_drafter
+    from gemma_mtp_mlx.loading import load_drafter, load_target
+
+    target = load_target(FIXTURES / "e2b_tiny" / "target")
+    config = drafter_config(target, hidden=64, draft_vocab=128)
+    drafter = build_drafter(config)
+    drafter.draft_token_ids = mx.array(np.arange(0, 256, 2, dtype=np.int32))
+    start = save_drafter(drafter, config, tmp_path / "stage7", bits=8)
+    work = tmp_path / "v8" / ".work"
+    work.mkdir(parents=True)
+    grown, _ = recipe.grown_drafter(target, None, start, work, recipe.STAGE8)
+    want = dict(tree_flatten(dequantize_model(load_drafter(start)).parameters()))
+    got = dict(tree_flatten(grown.parameters()))
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        assert np.array_equal(np.array(got[k]), np.array(v)), k
+    assert np.array(grown.draft_token_ids).tolist() == list(range(0, 256, 2))
+    other = save_drafter(drafter, config, tmp_path / "other", bits=8)
+    with pytest.raises(ValueError, match="another drafter"):
+        recipe.grown_drafter(target, None, other, work, recipe.STAGE8)
