@@ -176,14 +176,9 @@ def plan_model(
     if config is None or model is None:
         config, model = skeleton(folder, kind)
     files = weight_files(folder)
-    modules = dict(model.named_modules())
     expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    decide = _predicate(model, bits, group_size)
-    out_dtype = DTYPES[dtype]
-    cast_ok = getattr(model, "cast_predicate", lambda _: True)
-
+    planner = _TensorPlanner(model, bits, group_size, DTYPES[dtype])
     tensors: list[TensorPlan] = []
-    overrides: dict[str, dict] = {}
     seen: set[str] = set()
     for i, f in enumerate(files):
         try:
@@ -206,35 +201,52 @@ def plan_model(
                     f"the config says {list(expected[key])}"
                 )
             seen.add(key)
-            floating = mx.issubdtype(v.dtype, mx.floating)
-            cast = out_dtype if floating and cast_ok(key) else None
-            t = TensorPlan(key, i, v.dtype, shape, cast, None)
-            path, _, leaf = key.rpartition(".")
-            q, explicit = None, False
-            if leaf == "weight" and path in modules and floating:
-                q, explicit = decide(path, modules[path], shape)
-            if q is not None:
-                if explicit:
-                    overrides[path] = dict(q)
-                q = {"group_size": group_size, "bits": bits, **q}
-                t.quant = q
-                gs, b = q["group_size"], q["bits"]
-                wdt = cast or v.dtype
-                lead = shape[:-1]
-                t.outputs = [
-                    (key, mx.uint32, (*lead, shape[-1] * b // 32)),
-                    (f"{path}.scales", wdt, (*lead, shape[-1] // gs)),
-                    (f"{path}.biases", wdt, (*lead, shape[-1] // gs)),
-                ]
-            else:
-                t.outputs = [(key, cast or v.dtype, shape)]
-            tensors.append(t)
+            tensors.append(planner.plan(key, i, v.dtype, shape))
         del weights, sanitized
     missing = sorted(set(expected) - seen)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConvertError(f"{folder}: weight {missing[0]!r} is missing{more}")
+    out_config = _output_config(config, dtype, bits, group_size, planner.overrides)
+    return ModelPlan(kind, folder, out_config, model, files, tensors, bits, group_size, dtype)
 
+
+class _TensorPlanner:
+    """One source tensor's plan: its cast, and its quantization (the model's predicate,
+    whose explicit per-layer choices are kept in `overrides` for the config)."""
+
+    def __init__(self, model: nn.Module, bits: int | None, group_size: int, out_dtype):
+        self.modules = dict(model.named_modules())
+        self.decide = _predicate(model, bits, group_size)
+        self.cast_ok = getattr(model, "cast_predicate", lambda _: True)
+        self.bits, self.group_size, self.out_dtype = bits, group_size, out_dtype
+        self.overrides: dict[str, dict] = {}
+
+    def plan(self, key: str, file_index: int, dtype, shape: tuple) -> TensorPlan:
+        floating = mx.issubdtype(dtype, mx.floating)
+        cast = self.out_dtype if floating and self.cast_ok(key) else None
+        t = TensorPlan(key, file_index, dtype, shape, cast, None)
+        path, _, leaf = key.rpartition(".")
+        q, explicit = None, False
+        if leaf == "weight" and path in self.modules and floating:
+            q, explicit = self.decide(path, self.modules[path], shape)
+        if q is None:
+            t.outputs = [(key, cast or dtype, shape)]
+            return t
+        if explicit:
+            self.overrides[path] = dict(q)
+        t.quant = q = {"group_size": self.group_size, "bits": self.bits, **q}
+        gs, b, wdt, lead = q["group_size"], q["bits"], cast or dtype, shape[:-1]
+        t.outputs = [
+            (key, mx.uint32, (*lead, shape[-1] * b // 32)),
+            (f"{path}.scales", wdt, (*lead, shape[-1] // gs)),
+            (f"{path}.biases", wdt, (*lead, shape[-1] // gs)),
+        ]
+        return t
+
+
+def _output_config(config: dict, dtype: str, bits, group_size: int, overrides: dict) -> dict:
+    """The converted folder's config: no vision/audio parts, the new dtype, quantization."""
     out_config = copy.deepcopy(config)
     for key in ("vision_config", "audio_config", "_name_or_path"):
         out_config.pop(key, None)
@@ -245,4 +257,4 @@ def plan_model(
         quant = {"group_size": group_size, "bits": bits, "mode": "affine", **overrides}
         out_config["quantization"] = quant
         out_config["quantization_config"] = copy.deepcopy(quant)
-    return ModelPlan(kind, folder, out_config, model, files, tensors, bits, group_size, dtype)
+    return out_config
