@@ -90,6 +90,14 @@ prompts: stage 7 had lost ground there), built in OUT/.work:
     python bench/distill_gemma3_270m.py --out /work/runs/v8/drafter \\
         --target-dir /work/runs/g3_270m_pair/target \\
         --stage8 /tmp/stage7/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
+
+Stage 9 (`--stage9 DRAFTER`, alone): the same start and data as stage 8, the drafter
+deepened from 2 to 4 layers first (`distill.deepen`: the two new layers start as exact
+no-ops); `--rows-from` reads the rows stage 8 built:
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v9/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v8/drafter \\
+        --stage9 /tmp/stage7/gemma_mtp_mlx/data/gemma3-270m-drafter
 """
 
 from __future__ import annotations
@@ -155,7 +163,12 @@ STAGE7 = {"head_extra": 8192, "head_from": ["greedy_prompts_3.txt", "greedy_prom
 # 500 steps, as the rows are 1.33x stage 7's (the same ~3.5 passes over them)
 STAGE8 = {**STAGE7, "head_extra": 0, "head_from": [],
           "prompts": [*STAGE7["prompts"], "greedy_prompts_6.txt"], "steps": 500, "seed": 7}
-FROM_DRAFTER = {7: STAGE7, 8: STAGE8}
+# stage 9: stage 8's data and start (stage 7), the drafter deepened from 2 to 4 layers (the
+# new ones start as exact no-ops: `distill.deepen`); its layers are ~1 ms of a ~5 ms draft
+# step, the head the rest, so depth is the cheap capacity. `--rows-from STAGE8_OUT` reads the
+# rows stage 8 built (same head, so the same rows)
+STAGE9 = {**STAGE8, "layers": 4, "seed": 8}
+FROM_DRAFTER = {7: STAGE7, 8: STAGE8, 9: STAGE9}
 GREEDY_SHARDS = 2
 
 
@@ -379,7 +392,7 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
     from mlx.utils import tree_flatten
     from mlx_lm.utils import dequantize_model
 
-    from gemma_mtp_mlx.distill import build_drafter, extend_head, save_drafter
+    from gemma_mtp_mlx.distill import build_drafter, deepen, extend_head, save_drafter
     from gemma_mtp_mlx.loading import load_drafter, read_config
 
     init, source = work / "init-f32", {"from": str(start.resolve())}
@@ -391,6 +404,8 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
                                np.array(base.draft_token_ids), settings["head_extra"]) \
             if settings["head_extra"] else []
         config, grown = extend_head(base, config, target, extra) if extra else (config, base)
+        if settings.get("layers", 0) > config["text_config"]["num_hidden_layers"]:
+            config, grown = deepen(grown, config, settings["layers"])
         tmp = work / f"init-f32.tmp{os.getpid()}"  # shards may start at once: same content
         save_drafter(grown, config, tmp)
         (tmp / "source.json").write_text(json.dumps({**source, "added": len(extra)}))
@@ -404,10 +419,11 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
 
 
 def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Path,
-                       settings: dict, shard=None) -> dict:
-    """Stage 7 or 8 (`settings`): `start` (its head grown, if settings say so) fine-tuned on
-    the greedy rows of settings' prompt files (only `shard`'s part of them, and no training,
-    with `shard`)."""
+                       settings: dict, shard=None, rows_from=()) -> dict:
+    """Stage 7, 8 or 9 (`settings`): `start` (its head grown, or deepened, if settings say
+    so) fine-tuned on the greedy rows of settings' prompt files, read from the .work of
+    `rows_from` folders that have them, else built in its own (only `shard`'s part of them,
+    and no training, with `shard`)."""
     import mlx.core as mx
     import numpy as np
 
@@ -425,7 +441,8 @@ def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Pa
     with Reporter() as rep:
         b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep)
         parts = [p for name in settings["prompts"]
-                 for p in prompt_parts(b, [work], HERE / name, shards)]
+                 for p in prompt_parts(b, [*(Path(r) / ".work" for r in rows_from), work],
+                                       HERE / name, shards)]
         if shard is not None:
             return {"prompt_rows": sum(p.rows for p in parts)}
         cache = JoinedCache(parts, [settings["prompt_repeat"]] * len(parts))
@@ -451,10 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"run stage {n} on a finished stage {n - 1}"
                             + (" (see above)" if n == 2 else " (with the --stageN before it)"))
     for n, was in ((7, "stage 6, as shipped until commit 19b9d1f"),
-                   (8, "stage 7, as shipped from commit e2fd4fe")):
+                   (8, "stage 7, as shipped from commit e2fd4fe"),
+                   (9, "stage 7, as for stage 8")):
         p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")
+    p.add_argument("--rows-from", nargs="*", default=[], metavar="OUT",
+                   help="stages 7-9: read prompt rows from these earlier OUT folders' .work")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -475,6 +495,8 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
     if chain and (args.set or args.time_budget is not None):
         p.error("--set and --time-budget are stage 1's")
     start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
+    if args.rows_from and not start:
+        p.error("--rows-from is for stages 7-9")
     if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if start and (chain or len(start) > 1 or args.set or args.time_budget is not None
@@ -528,7 +550,7 @@ def main(argv=None):
     if start:
         summary = stage_from_drafter(target, tokenizer, target_dir, Path(args.out),
                                      Path(getattr(args, f"stage{start}")), FROM_DRAFTER[start],
-                                     args.shard)
+                                     args.shard, args.rows_from)
     elif chain:
         summary = stage(target, tokenizer, target_dir, Path(args.out), chain, args.shard,
                         args.greedy_round)

@@ -210,6 +210,38 @@ def extend_head(drafter, config: dict, target, new_ids) -> tuple[dict, gemma4_as
     return config, grown
 
 
+def deepen(drafter, config: dict, layers: int) -> tuple[dict, gemma4_assistant.Model]:
+    """(config, drafter) with `layers` layers: the new ones are copies of the first (sliding)
+    layer inserted after it, their post-attention and post-feedforward norms at 0, so each
+    adds 0 to the residual and the deeper drafter computes exactly what `drafter` does; the
+    norms' gradients are not 0, so training opens them (Gemma 4's RMSNorm scales by w)."""
+    text = config["text_config"]
+    old = text["num_hidden_layers"]
+    if layers <= old:
+        raise ValueError(f"the drafter has {old} layers already, not fewer than {layers}")
+    grown = {**config, "text_config": {**text, "num_hidden_layers": layers,
+                                       "num_kv_shared_layers": layers,
+                                       "layer_types": drafter_layer_types(layers)}}
+    if text["layer_types"] != drafter_layer_types(old):
+        raise ValueError(f"layer types {text['layer_types']} are not sliding..., full")
+    source = [0] + [0] * (layers - old) + list(range(1, old))  # new layer i copies layer 0
+    weights = {}
+    for k, v in tree_flatten(drafter.parameters()):
+        if not k.startswith("model.layers."):
+            weights[k] = v
+            continue
+        i, rest = k[len("model.layers."):].split(".", 1)
+        for j, src in enumerate(source):
+            if src == int(i):
+                new = 0 < j <= layers - old
+                zero = new and rest in ("post_attention_layernorm.weight",
+                                        "post_feedforward_layernorm.weight")
+                weights[f"model.layers.{j}.{rest}"] = mx.zeros_like(v) if zero else v
+    model = build_drafter(grown)
+    model.load_weights(list(weights.items()))
+    return grown, model
+
+
 def new_drafter(
     target, cfg: DistillConfig, counts, always=()
 ) -> tuple[dict, gemma4_assistant.Model]:

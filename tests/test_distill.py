@@ -268,3 +268,36 @@ def test_a_grown_head_keeps_the_old_tokens_and_maps_the_new_ones_from_the_target
     rows = np.array(grown.model.embed_tokens.weight)[~kept]
     want = np.array(target_head_rows(target, mx.array([3, 7, 301]))) @ truth
     np.testing.assert_allclose(rows, want, rtol=1e-3, atol=1e-3)
+
+
+def test_a_deepened_drafter_drafts_exactly_as_before_and_can_learn():
+    """deepen inserts copies of the first layer with their post norms at 0: the 4-layer
+    drafter's logits and carry equal the 2-layer one's bit for bit, its layer types stay
+    sliding..., full, and the zeroed norms get a gradient (training can open them)."""
+    import mlx.nn as nn
+
+    from gemma_mtp_mlx.distill import deepen
+
+    target, _ = tiny()
+    cfg = drafter_config(target, hidden=32, draft_vocab=128, layers=2)
+    mx.random.seed(3)
+    drafter = build_drafter(cfg)
+    drafter.draft_token_ids = mx.array(np.arange(0, 256, 2, dtype=np.int32))
+    deep_cfg, deep = deepen(drafter, cfg, 4)
+    assert deep_cfg["text_config"]["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
+    assert cfg["text_config"]["num_hidden_layers"] == 2 and len(deep.model.layers) == 4
+    before = propose_after_four_tokens(target, drafter)
+    after = propose_after_four_tokens(target, deep)
+    for a, b in zip(before, after, strict=True):
+        assert np.array_equal(np.array(a), np.array(b))
+    assert np.array_equal(np.array(deep.model.layers[1].self_attn.q_proj.weight),
+                          np.array(drafter.model.layers[0].self_attn.q_proj.weight))
+
+    def loss(model):
+        logits, _, _ = propose_after_four_tokens(target, model)
+        return (logits.astype(mx.float32) ** 2).mean()
+
+    grads = dict(tree_flatten(nn.value_and_grad(deep, loss)(deep)[1]))
+    assert float(mx.abs(grads["model.layers.1.post_feedforward_layernorm.weight"]).sum()) > 0
+    with pytest.raises(ValueError, match="has 4 layers already"):
+        deepen(deep, deep_cfg, 3)

@@ -28,6 +28,7 @@ import distill_gemma3_270m as recipe  # noqa: E402
     (["--stage7", "d", "--greedy-round", "0"], "no other --stageN"),
     (["--stage8", "d", "--stage7", "d"], "no other --stageN"),
     (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
+    (["--rows-from", "s8"], "stages 7-9"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -155,3 +156,8 @@ def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
     other = save_drafter(drafter, config, tmp_path / "other", bits=8)
     with pytest.raises(ValueError, match="another drafter"):
         recipe.grown_drafter(target, None, other, work, recipe.STAGE8)
+    work9 = tmp_path / "v9" / ".work"
+    work9.mkdir(parents=True)
+    deep, deep_config = recipe.grown_drafter(target, None, start, work9, recipe.STAGE9)
+    assert len(deep.model.layers) == deep_config["text_config"]["num_hidden_layers"] == 4
+    assert np.array(deep.draft_token_ids).tolist() == list(range(0, 256, 2))
