@@ -1,0 +1,69 @@
+"""One draft step's time (median ms) of a drafter and of the same drafter deepened to more
+layers (`distill.deepen`), against one plain target step, at a given context length.
+
+    cd bench && OPENBLAS_NUM_THREADS=1 ../.venv/bin/python draft_step_cost.py \\
+        --target /work/runs/g3_270m_pair/target --drafter ../gemma_mtp_mlx/data/gemma3-270m-drafter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import common as C  # noqa: F401  (puts the repository on sys.path)
+
+
+def median_ms(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import dequantize_model
+
+    from gemma_mtp_mlx.distill import build_drafter, deepen
+    from gemma_mtp_mlx.loading import load_drafter, load_target, read_config
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--drafter", required=True)
+    p.add_argument("--layers", type=int, nargs="*", default=[4])
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--runs", type=int, default=40)
+    args = p.parse_args(argv)
+    target = load_target(Path(args.target))
+    config = {k: v for k, v in read_config(Path(args.drafter)).items()
+              if k not in ("quantization", "dtype")}
+    base = build_drafter(config)
+    base.load_weights(tree_flatten(dequantize_model(load_drafter(args.drafter)).parameters()))
+    cache = target.make_cache()
+    mx.eval(target(mx.array([[2] + [100 + i for i in range(args.context - 1)]]), cache))
+    shared = target.shared_kv(cache)
+    x = mx.random.normal((1, 1, 2 * target.hidden_size))
+    last = mx.array([[7]])
+    out = {"context": args.context}
+
+    def plain_step():
+        mx.eval(target(last, cache))
+        for c in cache:
+            c.trim(1)  # stay at the same context
+
+    out["target_step_ms"] = median_ms(plain_step, args.runs)
+    for n, (_, d) in [(config["text_config"]["num_hidden_layers"], (config, base))] + [
+            (n, deepen(base, config, n)) for n in args.layers]:
+        out[f"draft_step_ms_{n}_layers"] = median_ms(
+            lambda d=d: mx.eval(d.propose(x, args.context, shared)), args.runs)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
