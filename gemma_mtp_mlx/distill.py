@@ -212,9 +212,10 @@ def extend_head(drafter, config: dict, target, new_ids) -> tuple[dict, gemma4_as
 
 def deepen(drafter, config: dict, layers: int) -> tuple[dict, gemma4_assistant.Model]:
     """(config, drafter) with `layers` layers: the new ones are copies of the first (sliding)
-    layer inserted after it, their post-attention and post-feedforward norms at 0, so each
-    adds 0 to the residual and the deeper drafter computes exactly what `drafter` does; the
-    norms' gradients are not 0, so training opens them (Gemma 4's RMSNorm scales by w)."""
+    layer inserted after it, their post-attention and post-feedforward norms at 0 and their
+    output scale (`layer_scalar`, learnt: 0.28 in the stage-7 drafter) at 1, so each passes
+    its input through unchanged and the deeper drafter computes exactly what `drafter` does;
+    the norms' gradients are not 0, so training opens them (Gemma 4's RMSNorm scales by w)."""
     text = config["text_config"]
     old = text["num_hidden_layers"]
     if layers <= old:
@@ -236,7 +237,9 @@ def deepen(drafter, config: dict, layers: int) -> tuple[dict, gemma4_assistant.M
                 new = 0 < j <= layers - old
                 zero = new and rest in ("post_attention_layernorm.weight",
                                         "post_feedforward_layernorm.weight")
-                weights[f"model.layers.{j}.{rest}"] = mx.zeros_like(v) if zero else v
+                one = new and rest == "layer_scalar"  # the layer's output scale, learnt
+                weights[f"model.layers.{j}.{rest}"] = (
+                    mx.zeros_like(v) if zero else mx.ones_like(v) if one else v)
     model = build_drafter(grown)
     model.load_weights(list(weights.items()))
     return grown, model

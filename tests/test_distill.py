@@ -283,6 +283,8 @@ def test_a_deepened_drafter_drafts_exactly_as_before_and_can_learn():
     mx.random.seed(3)
     drafter = build_drafter(cfg)
     drafter.draft_token_ids = mx.array(np.arange(0, 256, 2, dtype=np.int32))
+    for i, layer in enumerate(drafter.model.layers):  # learnt scales, as a trained one has
+        layer.layer_scalar = mx.array([0.3 + i])
     deep_cfg, deep = deepen(drafter, cfg, 4)
     assert deep_cfg["text_config"]["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
     assert cfg["text_config"]["num_hidden_layers"] == 2 and len(deep.model.layers) == 4
