@@ -105,3 +105,13 @@ def bundled_cache(tmp_path_factory):
     assert done.returncode == 0, done.stderr
     yield cache, json.loads(done.stdout.strip().splitlines()[-1])
     shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(params=["host", "device"])
+def sampling_path(request, monkeypatch):
+    """Run a sampling test on both paths: numpy (what MLX's CPU backend uses) and MLX's own
+    ops (what Metal and CUDA use)."""
+    from gemma_mtp_mlx import sampling
+
+    monkeypatch.setattr(sampling, "on_host", lambda: request.param == "host")
+    return request.param

@@ -248,14 +248,18 @@ def speculative_pairs(p, prefix, params, draws, subset=False):
     return counts
 
 
-@pytest.mark.parametrize("subset", [False, True])
-def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch, subset):
+@pytest.mark.parametrize("path, subset", [("host", False), ("host", True), ("device", True)])
+def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch, path, subset):
     """The loop's rejection sampling with a soft drafter, K = 2 and 3, temperature 0.7, top-p
     0.9 and min-p 0.1: chi-square of the first two emitted tokens' joint counts against the
     exact plain-sampling probabilities (49 possible pairs). A correct loop fails it by chance
     0.1 % of the time (seeded, so the verdict is fixed); the broken variant must fail it.
-    `subset`: a drafter that scores a few tokens only, never the likeliest (sparse proposals)."""
+    `subset`: a drafter that scores a few tokens only, never the likeliest (sparse proposals).
+    `path`: sampling in numpy (MLX's CPU backend) or in MLX ops (Metal, CUDA)."""
     import gemma_mtp_mlx.decoding as decoding
+    from gemma_mtp_mlx import sampling
+
+    monkeypatch.setattr(sampling, "on_host", lambda: path == "host")
 
     name = "dense31b_tiny"
     p = pair(name)

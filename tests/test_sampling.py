@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 from stats import chi2_critical, chi2_fits
 
-from gemma_mtp_mlx.sampling import Proposal, SamplingParams, probabilities, speculative_accept
+from gemma_mtp_mlx import sampling
+from gemma_mtp_mlx.sampling import (
+    Proposal,
+    SamplingParams,
+    host_probabilities,
+    probabilities,
+    sample,
+    speculative_accept,
+)
 
 
 def test_chi2_critical_values():
@@ -14,13 +22,15 @@ def test_chi2_critical_values():
         assert abs(chi2_critical(df) - table) / table < 0.02
 
 
+@pytest.mark.usefixtures("sampling_path")
 def test_filters():
     logits = mx.log(mx.array([0.5, 0.2, 0.15, 0.1, 0.05]))
     p = probabilities(logits, SamplingParams(temperature=1.0, top_k=2))
     np.testing.assert_allclose(np.array(p), [5 / 7, 2 / 7, 0, 0, 0], atol=1e-6)
     p = probabilities(logits, SamplingParams(temperature=1.0, top_p=0.8))
     np.testing.assert_allclose(np.array(p), np.array([0.5, 0.2, 0.15, 0, 0]) / 0.85, atol=1e-6)
-    p = probabilities(logits, SamplingParams(temperature=1.0, min_p=0.3))
+    # min-p 0.28: floor 0.14 (0.3 would put 0.15 on the floor, where rounding decides)
+    p = probabilities(logits, SamplingParams(temperature=1.0, min_p=0.28))
     np.testing.assert_allclose(np.array(p), np.array([0.5, 0.2, 0.15, 0, 0]) / 0.85, atol=1e-6)
     p = probabilities(logits, SamplingParams(temperature=0.5))
     want = np.array([0.5, 0.2, 0.15, 0.1, 0.05]) ** 2
@@ -43,6 +53,7 @@ def drafter_proposal(q: mx.array, columns: np.ndarray | None, key: mx.array):
     return Proposal(q, picks, ids), mx.take_along_axis(ids, picks[:, None], axis=1)[:, 0]
 
 
+@pytest.mark.usefixtures("sampling_path")
 @pytest.mark.parametrize("seed, K, columns", [
     (0, 3, None), (1, 3, None), (2, 3, [4, 1, 5]), (3, 3, [2, 0]),
     (4, 1, None), (5, 1, [4, 1, 5]),  # K = 1: the second token is the bonus, drawn from p1
@@ -79,6 +90,7 @@ def test_rejection_sampling_keeps_target_distribution(seed, K, columns):
     assert stat > crit
 
 
+@pytest.mark.usefixtures("sampling_path")
 def test_a_subset_proposal_is_the_dense_one_restricted():
     """The same draws from a subset proposal and from its dense equivalent (zeros elsewhere)
     give the same acceptances and the same replacement tokens."""
@@ -98,6 +110,7 @@ def test_a_subset_proposal_is_the_dense_one_restricted():
     assert rejected > 50  # the residual path ran
 
 
+@pytest.mark.usefixtures("sampling_path")
 def test_identical_distributions_accept_everything():
     p = mx.array(np.full((3, 4), 0.25, dtype=np.float32))
     drafts = mx.array([1, 2])
@@ -105,6 +118,7 @@ def test_identical_distributions_accept_everything():
     assert n == 2
 
 
+@pytest.mark.usefixtures("sampling_path")
 def test_rows_past_the_first_rejection_are_never_computed():
     """Each target row costs a vocabulary-wide softmax: only rows 0..n are asked for."""
     rng = np.random.default_rng(3)
@@ -124,3 +138,40 @@ def test_rows_past_the_first_rejection_are_never_computed():
         assert asked == list(range(n + 1))
         seen.add(n)
     assert len(seen) >= 3  # early rejections and later ones both ran
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=50),
+    SamplingParams(temperature=0.7, top_p=0.9, min_p=0.05),
+    SamplingParams(temperature=1.0, top_k=200, top_p=0.5),
+])
+def test_host_and_device_distributions_agree(params, monkeypatch):
+    """numpy's filters (MLX's CPU backend) give the distribution MLX's ops give (Metal, CUDA)."""
+    logits = mx.array(np.random.default_rng(0).normal(size=(3, 5000)).astype(np.float32) * 4)
+    host = host_probabilities(np.array(logits), params)
+    monkeypatch.setattr(sampling, "on_host", lambda: False)
+    device = np.array(probabilities(logits, params))
+    np.testing.assert_allclose(host, device, rtol=1e-5, atol=1e-7)
+    filtered = bool(params.top_k) or params.top_p < 1.0
+    assert ((host == 0) == (device == 0)).all() and (host == 0).any() == filtered
+
+
+@pytest.mark.usefixtures("sampling_path")
+def test_sample_draws_from_each_row_and_never_a_zero_probability_token():
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(7), size=2).astype(np.float32)
+    p[:, 3] = 0.0
+    p[1, 6] = 0.0  # the last token: the host path's rounding guard must not pick it
+    p /= p.sum(axis=1, keepdims=True)
+    counts = np.zeros((2, 7))
+    key = mx.random.key(5)
+    for _ in range(3000):
+        key, k = mx.random.split(key)
+        picks = sample(mx.array(p), k)
+        assert picks.shape == (2,)
+        counts[[0, 1], np.array(picks)] += 1
+    assert sample(mx.array(p[0]), key).shape == ()
+    assert counts[:, 3].sum() == 0 and counts[1, 6] == 0
+    for row in range(2):
+        stat, crit = chi2_fits(counts[row], p[row])
+        assert stat < crit, (row, stat, crit)
