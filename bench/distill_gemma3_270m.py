@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 7, each fine-tuning the one before; the package ships stage 7.
+stage 1, then stages 2 to 10, each fine-tuning the one before; the package ships stage 9.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -75,7 +75,7 @@ multilingual prompts of greedy_prompts_3.txt and greedy_prompts_4.txt (7,283 tok
 row is the target's row through the least-squares map from the target's rows of the old
 tokens to the drafter's: `distill.extend_head`), then it is fine-tuned on the greedy rows of
 greedy_prompts_4.txt and greedy_prompts_5.txt (600 new prose and multilingual prompts),
-built with the grown head in OUT/.work. The package ships this stage's OUT:
+built with the grown head in OUT/.work. The package shipped this stage's OUT from e2fd4fe:
 
     git archive 19b9d1f gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage6
     python bench/distill_gemma3_270m.py --out /work/runs/v7/drafter \\
@@ -93,7 +93,7 @@ prompts: stage 7 had lost ground there), built in OUT/.work:
 
 Stage 9 (`--stage9 DRAFTER`, alone): the same start and data as stage 8, the drafter
 deepened from 2 to 4 layers first (`distill.deepen`: the two new layers start as exact
-no-ops); `--rows-from` reads the rows stage 8 built:
+no-ops); `--rows-from` reads the rows stage 8 built. The package ships this stage's OUT:
 
     python bench/distill_gemma3_270m.py --out /work/runs/v9/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v8/drafter \\
