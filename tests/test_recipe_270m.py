@@ -28,7 +28,8 @@ import distill_gemma3_270m as recipe  # noqa: E402
     (["--stage7", "d", "--greedy-round", "0"], "no other --stageN"),
     (["--stage8", "d", "--stage7", "d"], "no other --stageN"),
     (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
-    (["--rows-from", "s8"], "stages 7-9"),
+    (["--stage10", "d", "--stage9", "d"], "no other --stageN"),
+    (["--rows-from", "s8"], "stages 7-10"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
