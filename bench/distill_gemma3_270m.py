@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 10, each fine-tuning the one before; the package ships stage 9.
+stage 1, then stages 2 to 10, each fine-tuning the one before; the package ships stage 10.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -93,7 +93,7 @@ prompts: stage 7 had lost ground there), built in OUT/.work:
 
 Stage 9 (`--stage9 DRAFTER`, alone): the same start and data as stage 8, the drafter
 deepened from 2 to 4 layers first (`distill.deepen`: the two new layers start as exact
-no-ops); `--rows-from` reads the rows stage 8 built. The package ships this stage's OUT:
+no-ops); `--rows-from` reads the rows stage 8 built (shipped from e886fce):
 
     python bench/distill_gemma3_270m.py --out /work/runs/v9/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v8/drafter \\
@@ -101,7 +101,8 @@ no-ops); `--rows-from` reads the rows stage 8 built. The package ships this stag
 
 Stage 10 (`--stage10 STAGE9_OUT`): stage 9's drafter (4 layers, its 8-bit OUT) fine-tuned on
 stage 8's rows and those of greedy_prompts_7.txt (600 new prose and Italian, Japanese and
-Chinese prompts), built in OUT/.work (`--shard i` builds one part):
+Chinese prompts), built in OUT/.work (`--shard i` builds one part). The package ships this
+stage's OUT:
 
     python bench/distill_gemma3_270m.py --out /work/runs/v10/drafter \
         --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v8/drafter \
