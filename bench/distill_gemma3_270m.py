@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 10, each fine-tuning the one before; the package ships stage 10.
+stage 1, then stages 2 to 11, each fine-tuning the one before; the package ships stage 11.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -25,42 +25,15 @@ processes may build at once (`--shard i`); the training run then joins them:
     python bench/distill_gemma3_270m.py --out /work/runs/v2/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter
 
-Stage 3 (`--stage3 STAGE2_OUT` with `--stage2 STAGE1_OUT`): stage 2's drafter fine-tuned
-again (STAGE3) on stage 1's cache and two rounds of greedy rows (round 1 is built into
-STAGE2_OUT/.work first if it is not there yet):
-
-    python bench/distill_gemma3_270m.py --out /work/runs/v3/drafter \
-        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \
-        --stage3 /work/runs/v2/drafter
-
-Stage 4 (`--stage4 STAGE3_OUT`, with `--stage2` and `--stage3`): greedy rows continuing
-each prompt of bench/greedy_prompts.txt and greedy_prompts_2.txt (1,800 prompts on other
-topics than both prompt sets, cut by `prompt_plan`; checked free of held-out prompts),
-built in OUT/.work (`--shard i` builds one part), then stage 3's drafter fine-tuned
-(STAGE4) on them, stage 1's cache and stage 2's greedy rows. Why: stage 2's drafter agrees
-with the teacher on 0.69 of the tokens of rows it trained on (depth 1), 0.60 on rows cut
-from the same sources at other lengths, and 0.40 on the rows of new prompts: it had
-learnt its data more than the target; new topics are what it lacked.
-
-    python bench/distill_gemma3_270m.py --out /work/runs/v4/drafter \\
-        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
-        --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter [--shard 0|1]
-
-Stage 5 (`--stage5 STAGE4_OUT`, with the three before): the greedy rows of 1,200 more
-prompts (bench/greedy_prompts_3.txt, 500 of them multilingual in 20 languages: stage 4's
-drafter still agreed least there), then stage 4's drafter fine-tuned (STAGE5) on them,
-stage 4's prompt rows (read from STAGE4_OUT/.work), the greedy rounds and stage 1's cache.
-
-    python bench/distill_gemma3_270m.py --out /work/runs/v5/drafter \\
-        --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
-        --stage3 /work/runs/v2/drafter --stage4 /work/runs/v3/drafter \\
-        --stage5 /work/runs/v4/drafter [--shard 0|1]
-
-Stage 6 (`--stage6 STAGE5_OUT`, with the four before): the same with a fourth prompt file,
-bench/greedy_prompts_4.txt (1,200 prompts; its 400 multilingual ones in French, German,
-Spanish, Italian, Japanese and Chinese), the earlier prompt rows read from stages 4 and 5.
-The drafter shipped until commit 19b9d1f is this stage's OUT (config.json and
-model.safetensors):
+Stages 3 to 6 (`--stage3 STAGE2_OUT` ... `--stage6 STAGE5_OUT`, each with all the
+--stageN before it): the previous stage's drafter fine-tuned again (STAGE3-STAGE6) on stage
+1's cache, two rounds of greedy rows and, from stage 4, the greedy rows continuing each
+prompt of bench/greedy_prompts.txt, _2 (stage 4: new topics were what stage 2's drafter
+lacked: it agreed with the teacher on 0.69 of its own rows' tokens, 0.40 on new prompts'),
+_3 (stage 5: 500 multilingual prompts in 20 languages) and _4 (stage 6: French, German,
+Spanish, Italian, Japanese, Chinese), all checked free of held-out prompts, built in OUT/.work
+(`--shard i` builds one part) or read from the earlier stages'. The drafter shipped until
+commit 19b9d1f is stage 6's OUT:
 
     python bench/distill_gemma3_270m.py --out /work/runs/v6/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --stage2 /work/runs/distill270/drafter \\
@@ -101,12 +74,23 @@ no-ops); `--rows-from` reads the rows stage 8 built (shipped from e886fce):
 
 Stage 10 (`--stage10 STAGE9_OUT`): stage 9's drafter (4 layers, its 8-bit OUT) fine-tuned on
 stage 8's rows and those of greedy_prompts_7.txt (600 new prose and Italian, Japanese and
-Chinese prompts), built in OUT/.work (`--shard i` builds one part). The package ships this
-stage's OUT:
+Chinese prompts), built in OUT/.work (`--shard i` builds one part); shipped from c4d16e8:
 
-    python bench/distill_gemma3_270m.py --out /work/runs/v10/drafter \
-        --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v8/drafter \
+    python bench/distill_gemma3_270m.py --out /work/runs/v10/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v8/drafter \\
         --stage10 /work/runs/v9/drafter [--shard 0|1]
+
+Stage 11 (`--stage11 DRAFTER`): stage 10 as shipped from c4d16e8, its head chosen again by
+use in stage 10's rows (`distill_head.head_by_use`, same size), those rows relabelled for it
+from their stored hidden states (`distill_head.relabel`, ~5 min), then fine-tuned on them.
+`--rows-from` names the OUT folders holding stage 10's rows (else they are built in
+OUT/.work/old-head). The package ships this stage's OUT:
+
+    git archive c4d16e8 gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage10
+    python bench/distill_gemma3_270m.py --out /work/runs/v11/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target \\
+        --rows-from /work/runs/v8/drafter /work/runs/v10/drafter \\
+        --stage11 /tmp/stage10/gemma_mtp_mlx/data/gemma3-270m-drafter
 """
 
 from __future__ import annotations
@@ -184,7 +168,12 @@ STAGE9 = {**STAGE8, "layers": 4, "seed": 8}
 # text is what it lacks; 400 steps, as it has had ~3.5 passes over the older rows already
 STAGE10 = {**STAGE9, "prompts": [*STAGE9["prompts"], "greedy_prompts_7.txt"], "steps": 400,
            "seed": 9}
-FROM_DRAFTER = {7: STAGE7, 8: STAGE8, 9: STAGE9, 10: STAGE10}
+# stage 11: stage 10 as shipped, its head chosen again by use (head_by_use: the most used
+# tokens of stage 10's rows' text, the same size; 14,729 of stage 10's 23,667 never occur in
+# those rows' 382,969 tokens, while 13.7 % of the tokens are outside it), stage 10's rows
+# relabelled for it from their stored hidden states, then fine-tuned on them
+STAGE11 = {**STAGE10, "head_by_use": 23_667, "seed": 10}
+FROM_DRAFTER = {7: STAGE7, 8: STAGE8, 9: STAGE9, 10: STAGE10, 11: STAGE11}
 GREEDY_SHARDS = 2
 
 
@@ -368,39 +357,10 @@ def finish(target, tokenizer, drafter, config, target_dir, out: Path, result, he
     return summary
 
 
-def head_extension(target, tokenizer, files: list[Path], have, limit: int, batch: int = 16):
-    """Token ids the head (`have`) lacks that the target reads or predicts (its argmax,
-    teacher-forced) in the multilingual prompts of `files`: most frequent first (ties: first
-    seen), at most `limit`."""
-    from collections import Counter
-
-    import mlx.core as mx
-    import numpy as np
-
-    from gemma_mtp_mlx import distill_data as data
-    from gemma_mtp_mlx.models.cache import KVCache
-
-    prompts = sorted((list(tokenizer.encode(t)) for f in files
-                      for d, t in data.parse_prompts(f.read_text("utf-8")) if d == "multilingual"),
-                     key=len)
-    counts = Counter()
-    for i in range(0, len(prompts), batch):
-        group = prompts[i : i + batch]
-        width = max(map(len, group))  # right padding: a causal model's real positions ignore it
-        x = mx.array([p + [0] * (width - len(p)) for p in group])
-        h = target.hidden(x, [KVCache() for _ in target.layer_types])
-        predicted = np.array(mx.argmax(target.logits(h), axis=-1))
-        for p, guess in zip(group, predicted, strict=True):
-            counts.update(p[1:])
-            counts.update(guess[: len(p)].tolist())
-    in_head = set(np.asarray(have).tolist())
-    return [t for t, _ in counts.most_common() if t not in in_head][:limit]
-
-
-def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
+def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict, head=None):
     """A stage's starting drafter (float32, trainable) and config: `start` dequantized, its
-    head grown by settings' head_extra tokens at most (`head_extension`, `extend_head`);
-    made once into work/init-f32."""
+    head grown by settings' head_extra tokens at most (`head_extension`, `extend_head`) or
+    made `head` (`swap_head`); made once into work/init-f32."""
     import os
     import shutil
 
@@ -408,7 +368,8 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
     from mlx.utils import tree_flatten
     from mlx_lm.utils import dequantize_model
 
-    from gemma_mtp_mlx.distill import build_drafter, deepen, extend_head, save_drafter
+    from gemma_mtp_mlx.distill import build_drafter, deepen, extend_head, save_drafter, swap_head
+    from gemma_mtp_mlx.distill_head import head_extension
     from gemma_mtp_mlx.loading import load_drafter, read_config
 
     init, source = work / "init-f32", {"from": str(start.resolve())}
@@ -420,6 +381,9 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
                                np.array(base.draft_token_ids), settings["head_extra"]) \
             if settings["head_extra"] else []
         config, grown = extend_head(base, config, target, extra) if extra else (config, base)
+        if head is not None:
+            config, grown = swap_head(grown, config, target, head)
+            extra = np.setdiff1d(head, np.array(base.draft_token_ids))
         if settings.get("layers", 0) > config["text_config"]["num_hidden_layers"]:
             config, grown = deepen(grown, config, settings["layers"])
         tmp = work / f"init-f32.tmp{os.getpid()}"  # shards may start at once: same content
@@ -431,7 +395,10 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict):
             tmp.rename(init)
     if json.loads((init / "source.json").read_text())["from"] != source["from"]:
         raise ValueError(f"{init} was started from another drafter than {start}")
-    return trainable(init)
+    drafter, config = trainable(init)
+    if head is not None and not np.array_equal(np.array(drafter.draft_token_ids), head):
+        raise ValueError(f"{init} has another head than this stage's rows choose")
+    return drafter, config
 
 
 def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Path,
@@ -467,6 +434,47 @@ def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Pa
                   {"head": int(ids.size), "prompt_rows": cache.rows})
 
 
+def stage_new_head(target, tokenizer, target_dir: Path, out: Path, start: Path,
+                   settings: dict, shard=None, rows_from=()) -> dict:
+    """Stage 11: the rows of settings' prompt files for `start`'s head (read from `rows_from`,
+    else built in OUT/.work/old-head; only `shard`'s part, and no training, with `shard`)
+    choose a head of settings' head_by_use tokens (`head_by_use`); `start` gets it
+    (`swap_head`), the rows are relabelled for it into OUT/.work (`relabel`), and it is
+    fine-tuned on them as in stages 7-10."""
+    import mlx.core as mx
+    import numpy as np
+
+    from gemma_mtp_mlx.distill import Reporter, target_head_rows
+    from gemma_mtp_mlx.distill_greedy import JoinedCache
+    from gemma_mtp_mlx.distill_head import head_by_use, relabel
+
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    old = np.array(mx.load(str(start / "model.safetensors"))["draft_token_ids"])
+    held = held_out_prompts()
+    eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
+    shards = range(GREEDY_SHARDS) if shard is None else [shard]
+    with Reporter() as rep:
+        b = RowBuilder(target, tokenizer, old, np.array(target_head_rows(target, mx.array(old))),
+                       eos, held, rep)
+        works = [*(Path(r) / ".work" for r in rows_from), work / "old-head"]
+        olds = [p for name in settings["prompts"] for p in prompt_parts(b, works, HERE / name,
+                                                                       shards)]
+        if shard is not None:
+            return {"prompt_rows": sum(p.rows for p in olds)}
+        head = head_by_use(olds, old, settings["head_by_use"])
+        drafter, config = grown_drafter(target, tokenizer, start, work, settings, head)
+        rows = np.array(target_head_rows(target, mx.array(head)))
+        softcap = getattr(target.lm, "final_logit_softcapping", None)
+        parts = [relabel(p, work / p.path.name, head, rows, softcap, progress=rep)
+                 for p in olds]
+        cache = JoinedCache(parts, [settings["prompt_repeat"]] * len(parts))
+        result = finetune(drafter, target, cache, config, settings, work, rep)
+    return finish(target, tokenizer, drafter, config, target_dir, out, result, held,
+                  {"head": int(head.size), "head_new": int((~np.isin(head, old)).sum()),
+                   "prompt_rows": cache.rows})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -485,12 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
                             + (" (see above)" if n == 2 else " (with the --stageN before it)"))
     for n, was in ((7, "stage 6, as shipped until commit 19b9d1f"),
                    (8, "stage 7, as shipped from commit e2fd4fe"),
-                   (9, "stage 7, as for stage 8"), (10, "stage 9's OUT")):
+                   (9, "stage 7, as for stage 8"), (10, "stage 9's OUT"),
+                   (11, "stage 10, as shipped from commit c4d16e8")):
         p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")
     p.add_argument("--rows-from", nargs="*", default=[], metavar="OUT",
-                   help="stages 7-10: read prompt rows from these earlier OUT folders' .work")
+                   help="stages 7-11: read prompt rows from these earlier OUT folders' .work")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -512,7 +521,7 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
         p.error("--set and --time-budget are stage 1's")
     start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
     if args.rows_from and not start:
-        p.error("--rows-from is for stages 7-10")
+        p.error("--rows-from is for stages 7-11")
     if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if start and (chain or len(start) > 1 or args.set or args.time_budget is not None
@@ -563,7 +572,10 @@ def main(argv=None):
         return
     target, tokenizer, target_dir = load_pair(args)
     start = next((n for n in FROM_DRAFTER if getattr(args, f"stage{n}")), None)
-    if start:
+    if start == 11:
+        summary = stage_new_head(target, tokenizer, target_dir, Path(args.out),
+                                 Path(args.stage11), STAGE11, args.shard, args.rows_from)
+    elif start:
         summary = stage_from_drafter(target, tokenizer, target_dir, Path(args.out),
                                      Path(getattr(args, f"stage{start}")), FROM_DRAFTER[start],
                                      args.shard, args.rows_from)

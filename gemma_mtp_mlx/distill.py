@@ -188,26 +188,35 @@ def init_head_from_target(drafter, target) -> None:
 
 
 def extend_head(drafter, config: dict, target, new_ids) -> tuple[dict, gemma4_assistant.Model]:
-    """(config, drafter) with `new_ids` added to a subset head (ids stay sorted; the old
-    tokens' rows are unchanged, so they score as before). A new token's row is the
-    target's own row for it taken through the least-squares linear map from the target's
-    rows of the old tokens to the drafter's: a start the drafter has in part learnt."""
+    """(config, drafter) with `new_ids` added to a subset head (`swap_head` to the union)."""
     old = np.array(drafter.draft_token_ids)
-    new = np.setdiff1d(np.asarray(new_ids, np.int32), old)
+    return swap_head(drafter, config, target, np.union1d(old, np.asarray(new_ids, np.int32)))
+
+
+def swap_head(drafter, config: dict, target, ids) -> tuple[dict, gemma4_assistant.Model]:
+    """(config, drafter) whose subset head holds the tokens `ids` (kept sorted). A token it
+    had keeps its row, so it scores as before; a new token's row is the target's own row
+    for it taken through the least-squares linear map from the target's rows of the old
+    tokens to the drafter's: a start the drafter has in part learnt."""
+    old = np.array(drafter.draft_token_ids)
+    ids = np.unique(np.asarray(ids, np.int32))
     weight = np.array(drafter.model.embed_tokens.weight, np.float32)
-    target_rows = np.array(target_head_rows(target, mx.array(old)), np.float64)
-    mapping = np.linalg.lstsq(target_rows, weight.astype(np.float64), rcond=None)[0]
-    new_rows = np.array(target_head_rows(target, mx.array(new)), np.float64) @ mapping
-    ids = np.concatenate([old, new]).astype(np.int32)
-    order = np.argsort(ids, kind="stable")
-    rows = np.concatenate([weight, new_rows.astype(np.float32)])[order]
+    kept = np.isin(ids, old)
+    rows = np.zeros((ids.size, weight.shape[1]), np.float32)
+    where = {t: i for i, t in enumerate(old.tolist())}
+    rows[kept] = weight[[where[t] for t in ids[kept].tolist()]]
+    if not kept.all():
+        target_rows = np.array(target_head_rows(target, mx.array(old)), np.float64)
+        mapping = np.linalg.lstsq(target_rows, weight.astype(np.float64), rcond=None)[0]
+        new_rows = np.array(target_head_rows(target, mx.array(ids[~kept])), np.float64)
+        rows[~kept] = (new_rows @ mapping).astype(np.float32)
     config = {**config, "draft_vocab_size": int(ids.size)}
-    grown = build_drafter(config)
+    swapped = build_drafter(config)
     weights = dict(tree_flatten(drafter.parameters()))
     weights["model.embed_tokens.weight"] = mx.array(rows)
-    weights["draft_token_ids"] = mx.array(ids[order])
-    grown.load_weights(list(weights.items()))
-    return config, grown
+    weights["draft_token_ids"] = mx.array(ids)
+    swapped.load_weights(list(weights.items()))
+    return config, swapped
 
 
 def deepen(drafter, config: dict, layers: int) -> tuple[dict, gemma4_assistant.Model]:

@@ -270,6 +270,32 @@ def test_a_grown_head_keeps_the_old_tokens_and_maps_the_new_ones_from_the_target
     np.testing.assert_allclose(rows, want, rtol=1e-3, atol=1e-3)
 
 
+def test_a_swapped_head_keeps_the_rows_of_the_tokens_it_keeps_and_maps_the_new_ones():
+    """swap_head drops tokens and adds others: a kept token scores exactly as before, a new
+    token's row is the target's row through the least-squares map of the old rows."""
+    from gemma_mtp_mlx.distill import swap_head, target_head_rows
+
+    target, _ = tiny()
+    cfg = drafter_config(target, hidden=32, draft_vocab=128)
+    drafter = build_drafter(cfg)
+    old = np.arange(0, 256, 2, dtype=np.int32)
+    truth = np.random.default_rng(2).normal(size=(target.hidden_size, 32)).astype(np.float32)
+    drafter.draft_token_ids = mx.array(old)
+    drafter.model.embed_tokens.weight = target_head_rows(target, mx.array(old)) @ mx.array(truth)
+    head = np.array([301, 5, *range(40, 256, 2), 3], np.int32)  # drops 0..38, adds 3, 5, 301
+    new_cfg, swapped = swap_head(drafter, cfg, target, head)
+    ids = np.array(swapped.draft_token_ids)
+    assert ids.tolist() == sorted(head.tolist()) and new_cfg["draft_vocab_size"] == head.size
+    before, _, _ = propose_after_four_tokens(target, drafter)
+    after, _, _ = propose_after_four_tokens(target, swapped)
+    kept = np.isin(ids, old)
+    np.testing.assert_array_equal(np.array(after)[..., kept],
+                                  np.array(before)[..., np.isin(old, ids)])
+    rows = np.array(swapped.model.embed_tokens.weight)[~kept]
+    want = np.array(target_head_rows(target, mx.array([3, 5, 301]))) @ truth
+    np.testing.assert_allclose(rows, want, rtol=1e-3, atol=1e-3)
+
+
 def test_a_deepened_drafter_drafts_exactly_as_before_and_can_learn():
     """deepen inserts copies of the first layer with their post norms at 0: the 4-layer
     drafter's logits and carry equal the 2-layer one's bit for bit, its layer types stay

@@ -29,7 +29,8 @@ import distill_gemma3_270m as recipe  # noqa: E402
     (["--stage8", "d", "--stage7", "d"], "no other --stageN"),
     (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
     (["--stage10", "d", "--stage9", "d"], "no other --stageN"),
-    (["--rows-from", "s8"], "stages 7-10"),
+    (["--stage11", "d", "--stage10", "d"], "no other --stageN"),
+    (["--rows-from", "s8"], "stages 7-11"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -99,35 +100,6 @@ def test_prompt_rows_are_read_from_the_earlier_stage_that_built_them(tmp_path):
         recipe.prompt_parts(b, [current], file, range(2))
 
 
-def test_head_extension_counts_what_the_target_reads_and_predicts_unpadded(tmp_path):
-    """Stage 7's new head tokens: the multilingual prompts' tokens and the target's argmax
-    after each, outside the head, most frequent first; batching with right padding counts
-    what one prompt at a time does."""
-    from collections import Counter
-
-    import mlx.core as mx
-    import numpy as np
-    from conftest import FIXTURES
-
-    from gemma_mtp_mlx.loading import load_target
-
-    target = load_target(FIXTURES / "e2b_tiny" / "target")
-    file = tmp_path / "p.txt"
-    file.write_text("[multilingual] abcabd\n[prose] zzzzzz\n[multilingual] bcd\n"
-                    "[multilingual] ccccccccca\n", "utf-8")
-    head = np.array([ord("a"), ord("z")])
-    got = recipe.head_extension(target, CharTokenizer(), [file], head, limit=1000, batch=2)
-    counts = Counter()
-    for text in ("abcabd", "bcd", "ccccccccca"):
-        ids = [ord(c) for c in text]
-        logits = target.logits(target.hidden(mx.array([ids]), target.make_cache()))
-        counts.update(ids[1:] + np.array(mx.argmax(logits, -1))[0].tolist())
-    want = [t for t, _ in counts.most_common() if t not in head.tolist()]
-    assert sorted(got) == sorted(want) and ord("c") == got[0] and ord("z") not in got
-    assert [counts[t] for t in got] == sorted((counts[t] for t in got), reverse=True)
-    assert recipe.head_extension(target, CharTokenizer(), [file], head, 2, 2) == got[:2]
-
-
 def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
     """A stage with head_extra 0 (stage 8) starts from the start folder's drafter
     dequantized, its head unchanged; init-f32 is made once and tied to that start."""
@@ -162,3 +134,12 @@ def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
     deep, deep_config = recipe.grown_drafter(target, None, start, work9, recipe.STAGE9)
     assert len(deep.model.layers) == deep_config["text_config"]["num_hidden_layers"] == 4
     assert np.array(deep.draft_token_ids).tolist() == list(range(0, 256, 2))
+    work11 = tmp_path / "v11" / ".work"  # stage 11: the head its rows choose, once
+    work11.mkdir(parents=True)
+    head = np.array([1, 2, 3, *range(8, 256, 2)], np.int32)
+    swapped, swapped_config = recipe.grown_drafter(target, None, start, work11, recipe.STAGE11,
+                                                   head)
+    assert np.array(swapped.draft_token_ids).tolist() == head.tolist()
+    assert swapped_config["draft_vocab_size"] == head.size
+    with pytest.raises(ValueError, match="another head"):
+        recipe.grown_drafter(target, None, start, work11, recipe.STAGE11, head[1:])
