@@ -1,7 +1,8 @@
 """One draft step's time (median ms) of a drafter and of the same drafter deepened to more
 layers (`distill.deepen`), against one plain target step, at a given context length; and
 four draft steps right after a target step (as a K = 4 round drafts, the head no longer in
-cache), with the head's one-row product as shipped (`one_row_logits`) and as MLX's matmul.
+cache), with the head's one-row product as decoding runs it (`one_row_logits`, host) and as
+MLX's matmul.
 
     cd bench && OPENBLAS_NUM_THREADS=1 ../.venv/bin/python draft_step_cost.py \\
         --target /work/runs/g3_270m_pair/target --drafter ../gemma_mtp_mlx/data/gemma3-270m-drafter
@@ -34,7 +35,7 @@ def main(argv=None):
 
     from gemma_mtp_mlx.distill import build_drafter, deepen
     from gemma_mtp_mlx.loading import load_drafter, load_target, read_config
-    from gemma_mtp_mlx.models import gemma4_assistant
+    from gemma_mtp_mlx.sampling import on_host
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--target", required=True)
@@ -65,19 +66,16 @@ def main(argv=None):
             (n, deepen(base, config, n)) for n in args.layers]:
         out[f"draft_step_ms_{n}_layers"] = median_ms(
             lambda d=d: mx.eval(d.propose(x, args.context, shared)), args.runs)
-    shipped = gemma4_assistant.one_row_logits
-    device = lambda w, h: (w @ h[..., None]).squeeze(-1)  # noqa: E731
     for _ in range(2):  # alternated
-        for name, head in (("shipped", shipped), ("mlx_matmul", device)):
-            gemma4_assistant.one_row_logits = head
+        for name, host in (("shipped", on_host()), ("mlx_matmul", False)):
             out.setdefault(f"four_steps_after_target_ms_{name}", []).append(
                 round(four_steps_after_target(base, x, args.context, shared, plain_step,
-                                              args.runs), 2))
-    gemma4_assistant.one_row_logits = shipped
+                                              args.runs, host), 2))
     print(json.dumps(out, indent=1))
 
 
-def four_steps_after_target(drafter, x, position, shared, target_step, runs: int) -> float:
+def four_steps_after_target(drafter, x, position, shared, target_step, runs: int,
+                            host: bool) -> float:
     """Median ms of 4 draft steps, each run after a target step (which evicts the head)."""
     import mlx.core as mx
 
@@ -86,7 +84,7 @@ def four_steps_after_target(drafter, x, position, shared, target_step, runs: int
         target_step()
         t = time.perf_counter()
         for _ in range(4):
-            mx.eval(drafter.propose(x, position, shared))
+            mx.eval(drafter.propose(x, position, shared, host_head=host))
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 

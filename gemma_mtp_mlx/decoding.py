@@ -26,6 +26,7 @@ from .models.cache import cache_offset, rollback
 from .sampling import (
     Proposal,
     SamplingParams,
+    on_host,
     probabilities,
     sample,
     speculative_accept,
@@ -75,10 +76,11 @@ class Session:
 
 
 def propose(drafter, inputs_embeds, position, shared_kv):
-    """One draft step: (logits of the draftable tokens, their ids or None, carry). A drafter
-    without `propose` (test and benchmark stand-ins) scores the whole vocabulary."""
+    """One draft step: (logits of the draftable tokens, their ids or None, carry), the head's
+    product on the host where sampling is (`one_row_logits`). A drafter without `propose`
+    (test and benchmark stand-ins) scores the whole vocabulary."""
     if hasattr(drafter, "propose"):
-        return drafter.propose(inputs_embeds, position, shared_kv)
+        return drafter.propose(inputs_embeds, position, shared_kv, host_head=on_host())
     logits, carry = drafter(inputs_embeds, position, shared_kv)
     return logits, None, carry
 

@@ -182,7 +182,7 @@ class SubsetSoftDrafter(SoftDrafter):
         super().__init__(*args)
         self.columns = columns
 
-    def propose(self, inputs_embeds, position, shared_kv):
+    def propose(self, inputs_embeds, position, shared_kv, host_head=False):
         logits, carry = self(inputs_embeds, position, shared_kv)
         return logits[..., self.columns], self.columns, carry
 

@@ -106,16 +106,17 @@ def test_propose_gives_the_same_scores_as_the_full_head(head):
     assert others.max() < logits.min()
 
 
-@pytest.mark.parametrize("batch, dtype", [(1, mx.float32), (2, mx.float32), (1, mx.bfloat16)])
-def test_one_row_head_product_matches_float64_on_either_path(batch, dtype):
+@pytest.mark.parametrize("batch, dtype, host", [(1, mx.float32, True), (2, mx.float32, True),
+                                               (1, mx.bfloat16, True), (1, mx.float32, False)])
+def test_one_row_head_product_matches_float64_on_either_path(batch, dtype, host):
     """A decoding step's head: numpy's matrix-vector product for one float32 sequence on the
-    CPU, MLX's matmul otherwise; both give weight @ h per row, as [B, 1, C]."""
+    CPU when decoding asks (host), MLX's matmul otherwise; both give weight @ h per row."""
     from gemma_mtp_mlx.models.gemma4_assistant import one_row_logits
 
     rng = np.random.default_rng(0)
     weight = mx.array(rng.normal(size=(300, 16)).astype(np.float32)).astype(dtype)
     h = mx.array(rng.normal(size=(batch, 1, 16)).astype(np.float32))
-    got = one_row_logits(weight, h)
+    got = one_row_logits(weight, h, host)
     assert got.shape == (batch, 1, 300)
     want = np.array(h.astype(mx.float32), np.float64) @ np.array(
         weight.astype(mx.float32), np.float64).T

@@ -24,16 +24,18 @@ from mlx_lm.models import gemma4_text
 from mlx_lm.models.base import BaseModelArgs
 
 
-def one_row_logits(weight: mx.array, h: mx.array) -> mx.array:
+def one_row_logits(weight: mx.array, h: mx.array, host: bool = False) -> mx.array:
     """weight [C, H] times each one-row h [B, 1, H]: [B, 1, C] (a decoding step's head).
 
-    On MLX's CPU backend, float32 and one sequence, numpy's OpenBLAS matrix-vector product
-    does it: MLX sends a one-column matmul to sgemm, which reads the head ~2x slower. The
-    bundled 23,667 x 256 head, 4 draft steps right after a target step (as in decoding):
-    20.1-21.4 ms with sgemv vs 27.3-28.7 ms (2-core CPU, 2026-12-04, bench/draft_step_cost.py).
+    With `host` (decoding asks for it: numpy cuts the graph, so no gradient flows and h is
+    evaluated), on MLX's CPU backend, float32 and one sequence, numpy's OpenBLAS
+    matrix-vector product does it: MLX sends a one-column matmul to sgemm, which reads the
+    head ~1.5x slower. The bundled 23,667 x 256 head, 4 draft steps right after a target step
+    (as in decoding): 20.1-21.8 ms with sgemv vs 26.0-28.0 ms (2-core CPU, 2026-12-04,
+    bench/draft_step_cost.py).
     The drafter's scores only choose drafts, so this never changes what is emitted.
     """
-    if h.shape[0] == 1 and weight.dtype == mx.float32 and mx.default_device() == mx.cpu:
+    if host and h.shape[0] == 1 and weight.dtype == mx.float32 and mx.default_device() == mx.cpu:
         row = np.asarray(h.astype(mx.float32)).reshape(-1)  # evaluates h; no copy of weight
         return mx.array(np.asarray(weight) @ row).reshape(1, 1, -1)
     return (weight @ h[..., None]).squeeze(-1)
@@ -131,13 +133,15 @@ class Model(nn.Module):
         return self.head(h), carry
 
     def propose(
-        self, inputs_embeds: mx.array, position: int | mx.array, shared_kv: dict
+        self, inputs_embeds: mx.array, position: int | mx.array, shared_kv: dict,
+        host_head: bool = False,
     ) -> tuple[mx.array, mx.array | None, mx.array]:
         """One draft step as decoding needs it: (logits of the tokens this drafter can
         draft [B, L, C], their ids ([C] or [B, L, C]; None: all V in order), carry).
-        The same scores as __call__ without spreading them over the vocabulary."""
+        The same scores as __call__ without spreading them over the vocabulary.
+        `host_head`: see `one_row_logits` (decoding only: it stops gradients)."""
         h, carry = self.body(inputs_embeds, position, shared_kv)
-        logits, ids = self.candidates(h)
+        logits, ids = self.candidates(h, host_head)
         return logits, ids, carry
 
     def body(
@@ -168,14 +172,14 @@ class Model(nn.Module):
         logits, ids = self.candidates(h)
         return logits if ids is None else self.expand_logits(logits)
 
-    def candidates(self, h: mx.array) -> tuple[mx.array, mx.array | None]:
+    def candidates(self, h: mx.array, host: bool = False) -> tuple[mx.array, mx.array | None]:
         """(logits of the draftable tokens, their ids; None: the whole vocabulary)."""
         if self.args.use_ordered_embeddings:
             return self.masked_embedding.candidates(h, self.model.embed_tokens)
         ids = self.draft_token_ids if self.args.draft_vocab_size else None
         embed = self.model.embed_tokens
         if isinstance(embed, nn.Embedding) and h.shape[-2] == 1:
-            return one_row_logits(embed.weight, h), ids
+            return one_row_logits(embed.weight, h, host), ids
         return embed.as_linear(h), ids
 
     def expand_logits(self, sub: mx.array) -> mx.array:
