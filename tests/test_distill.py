@@ -243,19 +243,28 @@ def test_a_quantized_distilled_drafter_runs_in_float32_on_the_cpu(tmp_path):
     np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-4)
 
 
+def linear_head_drafter(seed: int):
+    """(target, config, drafter, head ids, map): a 128-token subset head whose rows are the
+    target's rows of those tokens through a random linear map (so least squares finds it)."""
+    from gemma_mtp_mlx.distill import target_head_rows
+
+    target, _ = tiny()
+    cfg = drafter_config(target, hidden=32, draft_vocab=128)
+    drafter = build_drafter(cfg)
+    old = np.arange(0, 256, 2, dtype=np.int32)
+    truth = np.random.default_rng(seed).normal(size=(target.hidden_size, 32)).astype(np.float32)
+    drafter.draft_token_ids = mx.array(old)
+    drafter.model.embed_tokens.weight = target_head_rows(target, mx.array(old)) @ mx.array(truth)
+    return target, cfg, drafter, old, truth
+
+
 def test_a_grown_head_keeps_the_old_tokens_and_maps_the_new_ones_from_the_target():
     """extend_head adds tokens to a subset head: the old tokens score exactly as before,
     ids stay sorted, and a new token's row is the target's row through the linear map that
     takes the target's rows of the old tokens to the drafter's (exact when one exists)."""
     from gemma_mtp_mlx.distill import extend_head, target_head_rows
 
-    target, _ = tiny()
-    cfg = drafter_config(target, hidden=32, draft_vocab=128)
-    drafter = build_drafter(cfg)
-    old = np.arange(0, 256, 2, dtype=np.int32)
-    truth = np.random.default_rng(1).normal(size=(target.hidden_size, 32)).astype(np.float32)
-    drafter.draft_token_ids = mx.array(old)
-    drafter.model.embed_tokens.weight = target_head_rows(target, mx.array(old)) @ mx.array(truth)
+    target, cfg, drafter, old, truth = linear_head_drafter(seed=1)
     new = [7, 301, 3, 2, 7]  # 2 is in the head already; 7 twice
     grown_cfg, grown = extend_head(drafter, cfg, target, new)
     ids = np.array(grown.draft_token_ids)
@@ -275,13 +284,7 @@ def test_a_swapped_head_keeps_the_rows_of_the_tokens_it_keeps_and_maps_the_new_o
     token's row is the target's row through the least-squares map of the old rows."""
     from gemma_mtp_mlx.distill import swap_head, target_head_rows
 
-    target, _ = tiny()
-    cfg = drafter_config(target, hidden=32, draft_vocab=128)
-    drafter = build_drafter(cfg)
-    old = np.arange(0, 256, 2, dtype=np.int32)
-    truth = np.random.default_rng(2).normal(size=(target.hidden_size, 32)).astype(np.float32)
-    drafter.draft_token_ids = mx.array(old)
-    drafter.model.embed_tokens.weight = target_head_rows(target, mx.array(old)) @ mx.array(truth)
+    target, cfg, drafter, old, truth = linear_head_drafter(seed=2)
     head = np.array([301, 5, *range(40, 256, 2), 3], np.int32)  # drops 0..38, adds 3, 5, 301
     new_cfg, swapped = swap_head(drafter, cfg, target, head)
     ids = np.array(swapped.draft_token_ids)
