@@ -130,13 +130,25 @@ def labels(target, hidden: np.ndarray, cache: list, head_rows: np.ndarray, k: in
         keys, values = kv[kind]
         out["kv_" + kind] = np.stack([np.array(keys.astype(mx.float32)),
                                       np.array(values.astype(mx.float32))], axis=1)
-    B, T, H = hidden.shape
     softcap = getattr(target.lm, "final_logit_softcapping", None)
+    out["top_ids"], out["top_logp"] = teacher_top_k(hidden, head_rows, softcap, k)
+    return out
+
+
+def teacher_top_k(hidden: np.ndarray, head_rows: np.ndarray, softcap: float | None,
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top `k` of the teacher over `head_rows` after post-norm `hidden` [B, T, H]
+    (float32): (indices into the head, log-probabilities), each [B, T, k], best first."""
+    B, T, H = hidden.shape
     with blas_threads(threads_for(B * T, H, head_rows.shape[0])):
         logp = log_softmax(head_logits(hidden.reshape(B * T, H), head_rows, softcap))
     ids, vals = top_k(logp, k)
-    out["top_ids"], out["top_logp"] = ids.reshape(B, T, k), vals.reshape(B, T, k)
-    return out
+    return ids.reshape(B, T, k), vals.reshape(B, T, k)
+
+
+def ids_dtype(head_size: int):
+    """The dtype of a cache's `top_ids` for a head of `head_size` tokens."""
+    return np.uint16 if head_size <= 65536 else np.int32
 
 
 class TeacherCache:
@@ -192,8 +204,7 @@ class LiveTeacher:
     def batch(self, idx: np.ndarray) -> dict:
         out = teacher_pass(self.target, self.tokens[idx], self.head_rows, self.k)
         out["top_logp"] = out["top_logp"].astype(np.float32)
-        out["top_ids"] = out["top_ids"].astype(np.uint16 if len(self.head_rows) <= 65536
-                                                else np.int32)
+        out["top_ids"] = out["top_ids"].astype(ids_dtype(len(self.head_rows)))
         return {**out, "tokens": self.tokens[idx], "lengths": self.lengths[idx]}
 
 
@@ -266,7 +277,7 @@ def _allocate(target, path, tokens, lengths, head_rows, k, meta, dtype) -> Teach
         _, two, heads, _, dim = probe["kv_" + kind].shape
         shapes["kv_" + kind] = (N, two, heads, T, dim)
     shapes["top_ids"] = shapes["top_logp"] = (N, T, k)
-    id_dtype = np.uint16 if head_rows.shape[0] <= 65536 else np.int32
+    id_dtype = ids_dtype(head_rows.shape[0])
     for name, shape in shapes.items():
         np.lib.format.open_memmap(path / f"{name}.npy", mode="w+",
                                   dtype=id_dtype if name == "top_ids" else dtype,

@@ -27,6 +27,7 @@ from .distill_cache import (
     _hash,
     _write_json,
     blas_threads,
+    ids_dtype,
     labels,
     threads_for,
 )
@@ -157,7 +158,7 @@ def _allocate(target, path, rows, row_len, head_ids, k, dtype, target_key, plan_
     shapes = {"hidden": ((rows, row_len, H), dtype)}
     for kind, (keys, _) in target.shared_kv(cache).items():
         shapes["kv_" + kind] = ((rows, 2, keys.shape[1], row_len, keys.shape[-1]), dtype)
-    shapes["top_ids"] = ((rows, row_len, k), np.uint16 if len(head_ids) <= 65536 else np.int32)
+    shapes["top_ids"] = ((rows, row_len, k), ids_dtype(len(head_ids)))
     shapes["top_logp"] = ((rows, row_len, k), dtype)
     shapes["tokens"] = ((rows, row_len), np.int32)
     shapes["lengths"] = ((rows,), np.int32)

@@ -21,16 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .distill_cache import (
-    TeacherCache,
-    _hash,
-    _write_json,
-    blas_threads,
-    head_logits,
-    log_softmax,
-    threads_for,
-    top_k,
-)
+from .distill_cache import TeacherCache, _hash, _write_json, ids_dtype, teacher_top_k
 from .models.cache import KVCache
 
 LINKED = ("hidden", "kv_sliding_attention", "kv_full_attention", "tokens", "lengths")
@@ -64,23 +55,17 @@ def head_by_use(caches: list[TeacherCache], old_ids: np.ndarray, size: int) -> n
     sorted ids. Tokens the text never uses come after, the old head's (whose ids the caches'
     top-k index) ranked by the teacher's probability on them in those rows, then by id."""
     old_ids = np.asarray(old_ids)
-    count = Counter()
-    mass = np.zeros(len(old_ids))
+    text, mass = [], np.zeros(len(old_ids))
     for c in caches:
-        lengths = np.asarray(c["lengths"])
-        live = np.arange(c["tokens"].shape[1])[None, :] < lengths[:, None]
-        tokens = np.asarray(c["tokens"])
-        count.update(tokens[live].tolist())
-        top = np.asarray(c["top_ids"])[live]
-        mass += np.bincount(top.ravel(), np.exp(np.asarray(c["top_logp"], np.float32)[live]
-                                                .ravel()), minlength=len(old_ids))
-    used = np.array(sorted(count), dtype=np.int64)
-    vocab = max(int(old_ids.max()), int(used.max()) if used.size else 0) + 1
-    counts = np.zeros(vocab)
-    counts[used] = [count[t] for t in used.tolist()]
-    soft = np.zeros(vocab)
+        live = np.arange(c["tokens"].shape[1])[None, :] < np.asarray(c["lengths"])[:, None]
+        text.append(np.asarray(c["tokens"])[live])
+        mass += np.bincount(np.asarray(c["top_ids"])[live].ravel(),
+                            np.exp(np.asarray(c["top_logp"], np.float32)[live]).ravel(),
+                            minlength=len(old_ids))
+    counts = np.bincount(np.concatenate(text), minlength=int(old_ids.max()) + 1)
+    soft = np.zeros(counts.size)
     soft[old_ids] = mass
-    candidates = np.union1d(used, old_ids)
+    candidates = np.union1d(np.flatnonzero(counts), old_ids)
     order = np.lexsort((candidates, -soft[candidates], -counts[candidates]))
     return np.sort(candidates[order[:size]]).astype(np.int32)
 
@@ -110,11 +95,10 @@ def relabel(source: TeacherCache, path: Path, head_ids: np.ndarray, head_rows: n
         if progress is not None else None
     for lo in range(meta["done"], src["rows"], chunk):
         h = np.asarray(hidden[lo : lo + chunk], np.float32)
-        B, T, H = h.shape
-        with blas_threads(threads_for(B * T, H, len(head_rows))):
-            ids, vals = top_k(log_softmax(head_logits(h.reshape(B * T, H), head_rows, softcap)), k)
+        B = h.shape[0]
+        ids, vals = teacher_top_k(h, head_rows, softcap, k)
         for name, value in (("top_ids", ids), ("top_logp", vals)):
-            arrays[name][lo : lo + B] = value.reshape(B, T, k).astype(arrays[name].dtype)
+            arrays[name][lo : lo + B] = value.astype(arrays[name].dtype)
             arrays[name].flush()
         meta["done"] = lo + B
         _write_json(meta_file, meta)
@@ -131,9 +115,8 @@ def _link(source: TeacherCache, path: Path, meta: dict, head_size: int) -> dict:
         if link.is_symlink() or link.exists():
             link.unlink()
         os.symlink((source.path / f"{name}.npy").resolve(), link)
-    ids, logp = source["top_ids"], source["top_logp"]
-    dtype = np.uint16 if head_size <= 65536 else np.int32
-    for name, like, kind in (("top_ids", ids, dtype), ("top_logp", logp, logp.dtype)):
-        np.lib.format.open_memmap(path / f"{name}.npy", "w+", kind, like.shape).flush()
+    logp = source["top_logp"]
+    for name, kind in (("top_ids", ids_dtype(head_size)), ("top_logp", logp.dtype)):
+        np.lib.format.open_memmap(path / f"{name}.npy", "w+", kind, logp.shape).flush()
     _write_json(path / "meta.json", meta)
     return meta
