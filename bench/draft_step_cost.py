@@ -1,8 +1,9 @@
 """One draft step's time (median ms) of a drafter and of the same drafter deepened to more
 layers (`distill.deepen`), against one plain target step, at a given context length; and
-four draft steps right after a target step (as a K = 4 round drafts, the head no longer in
-cache), with the head's one-row product as decoding runs it (`one_row_logits`, host) and as
-MLX's matmul.
+four draft steps right after a target step (as a K = 4 round drafts, the weights no longer
+in cache), alternated: decoding's own `Decoder.draft` with numpy's step
+(`gemma4_assistant_host`, "host_step") and with MLX's step ("mlx_step": the head's product
+through sgemv, `one_row_logits`), and MLX's step with MLX's matmul for the head too.
 
     cd bench && OPENBLAS_NUM_THREADS=1 ../.venv/bin/python draft_step_cost.py \\
         --target /work/runs/g3_270m_pair/target --drafter ../gemma_mtp_mlx/data/gemma3-270m-drafter
@@ -33,9 +34,9 @@ def main(argv=None):
     from mlx.utils import tree_flatten
     from mlx_lm.utils import dequantize_model
 
+    from gemma_mtp_mlx.decoding import Decoder, Session
     from gemma_mtp_mlx.distill import build_drafter, deepen
     from gemma_mtp_mlx.loading import load_drafter, load_target, read_config
-    from gemma_mtp_mlx.sampling import on_host
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--target", required=True)
@@ -66,25 +67,29 @@ def main(argv=None):
             (n, deepen(base, config, n)) for n in args.layers]:
         out[f"draft_step_ms_{n}_layers"] = median_ms(
             lambda d=d: mx.eval(d.propose(x, args.context, shared)), args.runs)
+    session = Session(target, cache=cache, pending=7, carry=x[..., target.hidden_size:])
+    with_host, without = Decoder(target, base), Decoder(target, base)
+    without._host_step = None
+    drafts = {
+        "host_step": lambda: mx.eval(with_host.draft(session, 4)[0]),
+        "mlx_step": lambda: mx.eval(without.draft(session, 4)[0]),
+        "mlx_step_mlx_matmul": lambda: [mx.eval(base.propose(x, args.context, shared))
+                                        for _ in range(4)],
+    }
     for _ in range(2):  # alternated
-        for name, host in (("shipped", on_host()), ("mlx_matmul", False)):
+        for name, draft in drafts.items():
             out.setdefault(f"four_steps_after_target_ms_{name}", []).append(
-                round(four_steps_after_target(base, x, args.context, shared, plain_step,
-                                              args.runs, host), 2))
+                round(after_target(draft, plain_step, args.runs), 2))
     print(json.dumps(out, indent=1))
 
 
-def four_steps_after_target(drafter, x, position, shared, target_step, runs: int,
-                            host: bool) -> float:
-    """Median ms of 4 draft steps, each run after a target step (which evicts the head)."""
-    import mlx.core as mx
-
+def after_target(draft, target_step, runs: int) -> float:
+    """Median ms of `draft`, each run after a target step (which evicts the drafter)."""
     times = []
     for _ in range(runs):
         target_step()
         t = time.perf_counter()
-        for _ in range(4):
-            mx.eval(drafter.propose(x, position, shared, host_head=host))
+        draft()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 

@@ -19,10 +19,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 
 from . import calibration as calib
 from .calibration import SCHEDULE_WIDTHS, Calibration, single_token_pass
 from .models.cache import cache_offset, rollback
+from .models.gemma4_assistant_host import HostDraftStep
 from .sampling import (
     Proposal,
     SamplingParams,
@@ -118,6 +120,7 @@ class Decoder:
         self._ahead = None  # a queued plain step: (token, hidden)
         self._checking = 0.0  # seconds of this round spent re-checking the calibration
         self._plain_run = False  # the last round was a plain step
+        self._host_step = HostDraftStep.build(drafter) if on_host() else None
         if verify_width != "auto" and not 0 <= int(verify_width) <= MAX_DRAFT + 1:
             raise ValueError(f"verify width must be 'auto' or in 0..{MAX_DRAFT + 1}")
         self.verify_width = verify_width
@@ -164,14 +167,11 @@ class Decoder:
 
     # -- the speculative round: draft, verify, accept, roll back ------------------------
     def draft(self, session: Session, k: int) -> tuple[list[mx.array], Proposal | None]:
-        shared = self.target.shared_kv(session.cache)
-        position = cache_offset(session.cache)  # the pending token's position, for all k
+        step = self.draft_step(session)
         token = mx.array([[session.pending]], dtype=mx.uint32)
         carry, drafts, q, picks, columns = session.carry, [], [], [], []
         for _ in range(k):
-            x = mx.concatenate([self.target.embed(token), carry.astype(self.target.dtype)], -1)
-            logits, ids, carry = propose(self.drafter, x, position, shared)
-            logits, ids = logits[0, -1], (ids if ids is None or ids.ndim == 1 else ids[0, -1])
+            logits, ids, carry = step(token, carry)
             if self.sampling.greedy:
                 pick = mx.argmax(logits, axis=-1)
             else:
@@ -182,6 +182,30 @@ class Decoder:
             token = (pick if ids is None else ids[pick]).astype(mx.uint32).reshape(1, 1)
             drafts.append(token.reshape(1))
         return drafts, (Proposal.stack(q, picks, columns) if q else None)
+
+    def draft_step(self, session: Session):
+        """One draft step for this round: (token [1, 1], carry) -> (scores of the draftable
+        tokens [C], their ids [C] or None, next carry); numpy's where it applies
+        (gemma4_assistant_host: the drafter's step in half the time on MLX's CPU backend)."""
+        shared = self.target.shared_kv(session.cache)
+        position = cache_offset(session.cache)  # the pending token's position, for all k
+        host = self._host_step if on_host() else None
+        if host is not None:
+            host.begin(shared, position)
+            subset = getattr(self.drafter, "draft_token_ids", None)
+
+            def step(token, carry):
+                x = np.concatenate([np.asarray(self.target.embed(token)).reshape(-1),
+                                    np.asarray(carry).reshape(-1)])
+                logits, ids, carry = host(x)
+                return mx.array(logits), (subset if ids is None else mx.array(ids)), carry
+            return step
+
+        def step(token, carry):
+            x = mx.concatenate([self.target.embed(token), carry.astype(self.target.dtype)], -1)
+            logits, ids, carry = propose(self.drafter, x, position, shared)
+            return logits[0, -1], (ids if ids is None or ids.ndim == 1 else ids[0, -1]), carry
+        return step
 
     def proposal(self, logits: mx.array) -> mx.array:
         """What a sampled draft is drawn from: the drafter's distribution under the request's

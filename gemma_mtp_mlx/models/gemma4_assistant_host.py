@@ -1,0 +1,137 @@
+"""The MTP drafter's decoding step in numpy, for MLX's CPU backend (`HostDraftStep`).
+
+The same computation as `gemma4_assistant.Model.propose` for one sequence and one
+query: pre-projection, the Q-only layers over the target's shared K/V, the final norm,
+the carry and the head's scores. Why a second path: a draft step is ~30 one-row
+products and ~150 small ops; on MLX's CPU backend a one-row matmul goes to sgemm, which
+packs the weights first ([1, 256] x [256, 1024]: 0.17 ms vs 0.025 ms with numpy's
+sgemv), and each op costs 20-40 us of dispatch. The bundled drafter's step alone: 10-11 ms
+in MLX, 5.6 ms here, where it is bound by reading its 41 MB of float32 weights; a K = 4
+round's drafts right after a target step (`Decoder.draft`): 22.6 / 29.5 ms vs 35.0 / 38.3
+ms with MLX's step (2-core CPU, 2026-12-04, bench/draft_step_cost.py).
+
+Drafts only choose what the target verifies, so output never depends on this path; a
+sampled draft is drawn from the distribution of the scores computed here, which keeps
+speculative sampling exact. The position is the same for every step of a burst, so
+each layer type's rotary embedding is one linear map per round, taken from the layer's
+own MLX `rope` (any rope type mlx-lm knows) by rotating the identity.
+
+Used only where it applies (`HostDraftStep.build` returns None otherwise): float32,
+unquantized weights (the distilled drafters are dequantized on the CPU at load), no
+per-layer inputs or experts in the drafter's layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from .gemma4_assistant import Model
+
+GELU_C = np.float32(math.sqrt(2 / math.pi))
+
+
+def _np(a: mx.array) -> np.ndarray:
+    return np.asarray(a)  # float32 MLX arrays: a view of the same memory
+
+
+def _rms(eps: float, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return x * (np.float32(1) / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)) * w
+
+
+def _supported(drafter) -> bool:
+    weights = tree_flatten(drafter.parameters())  # quantized: uint32 weights with scales
+    return (
+        all(w.dtype == mx.float32 for _, w in weights if mx.issubdtype(w.dtype, mx.floating))
+        and not any(name.endswith(".scales") for name, _ in weights)
+        and all(lyr.per_layer_input_gate is None and not lyr.enable_moe
+                for lyr in drafter.model.layers)
+    )
+
+
+class HostLayer:
+    """One drafter layer's weights as numpy views, and its step."""
+
+    def __init__(self, layer, eps: float):
+        attn = layer.self_attn
+        self.type, self.eps = layer.layer_type, eps
+        self.heads, self.head_dim, self.scale = attn.n_heads, attn.head_dim, attn.scale
+        self.rope = attn.rope
+        self.q, self.o, self.q_norm = (_np(w) for w in
+                                       (attn.q_proj.weight, attn.o_proj.weight, attn.q_norm.weight))
+        self.norms = [_np(n.weight) for n in (
+            layer.input_layernorm, layer.post_attention_layernorm,
+            layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)]
+        mlp = layer.mlp
+        self.gate, self.up, self.down = (_np(m.weight) for m in
+                                         (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        scalar = layer.layer_scalar
+        self.scalar = None if scalar is None else np.float32(scalar.item())
+
+    def __call__(self, h: np.ndarray, kv: tuple, rotation: np.ndarray) -> np.ndarray:
+        inn, post_attn, pre_ff, post_ff = self.norms
+        q = (self.q @ _rms(self.eps, h, inn)).reshape(self.heads, self.head_dim)
+        q = _rms(self.eps, q, self.q_norm) @ rotation
+        keys, values = kv  # [kv heads, S, D]
+        q = q.reshape(keys.shape[0], -1, self.head_dim)
+        scores = np.matmul(q, keys.transpose(0, 2, 1)) * np.float32(self.scale)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        h = h + _rms(self.eps, self.o @ np.matmul(weights, values).reshape(-1), post_attn)
+        x = _rms(self.eps, h, pre_ff)
+        gate = self.gate @ x
+        gate = 0.5 * gate * (1 + np.tanh(GELU_C * (gate + np.float32(0.044715) * gate**3)))
+        h = h + _rms(self.eps, self.down @ (gate * (self.up @ x)), post_ff)
+        return h if self.scalar is None else h * self.scalar
+
+
+class HostDraftStep:
+    """`begin` once per round (the target's shared K/V and the burst's position), then
+    one call per draft step."""
+
+    def __init__(self, drafter):
+        body = drafter.model
+        eps = drafter.text.rms_norm_eps
+        self.layers = [HostLayer(layer, eps) for layer in body.layers]
+        self.pre = _np(drafter.pre_projection.weight)
+        self.post = _np(drafter.post_projection.weight)
+        self.norm, self.eps = _np(body.norm.weight), eps
+        self.head = _np(body.embed_tokens.weight)
+        self.centroids = None  # the centroid head (E2B/E4B): scores only the top clusters
+        if drafter.args.use_ordered_embeddings:
+            masked = drafter.masked_embedding
+            self.centroids, self.top_k = _np(masked.centroids.weight), masked.top_k
+            self.clusters = np.asarray(masked.token_ordering).reshape(masked.num_centroids, -1)
+        self.kv: dict = {}
+        self.rotation: dict = {}
+
+    @classmethod
+    def build(cls, drafter) -> HostDraftStep | None:
+        return cls(drafter) if isinstance(drafter, Model) and _supported(drafter) else None
+
+    def begin(self, shared_kv: dict, position: int) -> None:
+        self.kv = {t: (np.asarray(k, np.float32)[0], np.asarray(v, np.float32)[0])
+                   for t, (k, v) in shared_kv.items()}
+        self.rotation = {}
+        for layer in self.layers:
+            key = (layer.type, layer.head_dim)
+            if key not in self.rotation:  # row i: where the rope sends unit vector i
+                eye = mx.eye(layer.head_dim, dtype=mx.float32)[:, None, None, :]
+                rotated = layer.rope(eye, offset=position)
+                self.rotation[key] = np.asarray(rotated).reshape(layer.head_dim, layer.head_dim)
+
+    def __call__(self, inputs_embeds: np.ndarray) -> tuple:
+        """(scores of the draftable tokens [C], their ids [C] (None: the fixed subset or the
+        whole vocabulary, as `Model.candidates`), carry [backbone hidden])."""
+        h = self.pre @ inputs_embeds.astype(np.float32, copy=False)
+        for layer in self.layers:
+            h = layer(h, self.kv[layer.type], self.rotation[(layer.type, layer.head_dim)])
+        h = _rms(self.eps, h, self.norm)
+        if self.centroids is None:
+            return self.head @ h, None, self.post @ h
+        top = np.argpartition(-(self.centroids @ h), self.top_k - 1)[: self.top_k]
+        ids = self.clusters[top].reshape(-1)
+        return self.head[ids] @ h, ids, self.post @ h
