@@ -68,8 +68,7 @@ def main(argv=None):
         out[f"draft_step_ms_{n}_layers"] = median_ms(
             lambda d=d: mx.eval(d.propose(x, args.context, shared)), args.runs)
     session = Session(target, cache=cache, pending=7, carry=x[..., target.hidden_size:])
-    with_host, without = Decoder(target, base), Decoder(target, base)
-    without._host_step = None
+    with_host, without = Decoder(target, base), Decoder(target, base, host_draft=False)
     drafts = {
         "host_step": lambda: mx.eval(with_host.draft(session, 4)[0]),
         "mlx_step": lambda: mx.eval(without.draft(session, 4)[0]),

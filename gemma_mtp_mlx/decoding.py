@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-import numpy as np
 
 from . import calibration as calib
 from .calibration import SCHEDULE_WIDTHS, Calibration, single_token_pass
@@ -95,7 +94,8 @@ class Decoder:
     `schedule_memory`: what the auto schedule learned before (see `schedule()`).
     Test and benchmark overrides: `greedy_margin` (a fixed margin for every row; 0 turns
     the guard off), `verify_width` (an int: pad every verify to at least that many rows),
-    `decode_width` (a fixed w0).
+    `decode_width` (a fixed w0), `host_draft=False` (MLX's draft step even where numpy's
+    applies).
     """
 
     def __init__(
@@ -108,6 +108,7 @@ class Decoder:
         calibration: Calibration | None = None,
         schedule_memory: ScheduleMemory | None = None,
         decode_width: int | None = None,
+        host_draft: bool = True,
     ):
         self.target = target
         self.drafter = drafter
@@ -120,7 +121,8 @@ class Decoder:
         self._ahead = None  # a queued plain step: (token, hidden)
         self._checking = 0.0  # seconds of this round spent re-checking the calibration
         self._plain_run = False  # the last round was a plain step
-        self._host_step = HostDraftStep.build(drafter) if on_host() else None
+        self.host_draft = host_draft
+        self._host = None  # (drafter, its HostDraftStep or None)
         if verify_width != "auto" and not 0 <= int(verify_width) <= MAX_DRAFT + 1:
             raise ValueError(f"verify width must be 'auto' or in 0..{MAX_DRAFT + 1}")
         self.verify_width = verify_width
@@ -184,28 +186,28 @@ class Decoder:
         return drafts, (Proposal.stack(q, picks, columns) if q else None)
 
     def draft_step(self, session: Session):
-        """One draft step for this round: (token [1, 1], carry) -> (scores of the draftable
-        tokens [C], their ids [C] or None, next carry); numpy's where it applies
-        (gemma4_assistant_host: the drafter's step in half the time on MLX's CPU backend)."""
+        """This round's draft step: (token [1, 1], carry) -> (scores of the draftable tokens
+        [C], their ids [C] or None, next carry); numpy's where it applies (`host_step`)."""
         shared = self.target.shared_kv(session.cache)
         position = cache_offset(session.cache)  # the pending token's position, for all k
-        host = self._host_step if on_host() else None
+        host = self.host_step()
         if host is not None:
-            host.begin(shared, position)
-            subset = getattr(self.drafter, "draft_token_ids", None)
-
-            def step(token, carry):
-                x = np.concatenate([np.asarray(self.target.embed(token)).reshape(-1),
-                                    np.asarray(carry).reshape(-1)])
-                logits, ids, carry = host(x)
-                return mx.array(logits), (subset if ids is None else mx.array(ids)), carry
-            return step
+            return host.round(shared, position)
 
         def step(token, carry):
             x = mx.concatenate([self.target.embed(token), carry.astype(self.target.dtype)], -1)
             logits, ids, carry = propose(self.drafter, x, position, shared)
             return logits[0, -1], (ids if ids is None or ids.ndim == 1 else ids[0, -1]), carry
         return step
+
+    def host_step(self) -> HostDraftStep | None:
+        """The drafter's step in numpy (gemma4_assistant_host: half the time of MLX's step on
+        MLX's CPU backend), where it applies; built again if `drafter` was replaced."""
+        if not (self.host_draft and on_host()):
+            return None
+        if self._host is None or self._host[0] is not self.drafter:
+            self._host = (self.drafter, HostDraftStep.build(self.drafter, self.target))
+        return self._host[1]
 
     def proposal(self, logits: mx.array) -> mx.array:
         """What a sampled draft is drawn from: the drafter's distribution under the request's

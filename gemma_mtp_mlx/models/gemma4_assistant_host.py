@@ -16,9 +16,9 @@ speculative sampling exact. The position is the same for every step of a burst, 
 each layer type's rotary embedding is one linear map per round, taken from the layer's
 own MLX `rope` (any rope type mlx-lm knows) by rotating the identity.
 
-Used only where it applies (`HostDraftStep.build` returns None otherwise): float32,
-unquantized weights (the distilled drafters are dequantized on the CPU at load), no
-per-layer inputs or experts in the drafter's layers.
+Used only where it applies (`HostDraftStep.build` returns None otherwise): a float32
+target, float32 unquantized drafter weights (the distilled drafters are dequantized on the
+CPU at load), no per-layer inputs or experts in the drafter's layers, one sequence.
 """
 
 from __future__ import annotations
@@ -89,46 +89,69 @@ class HostLayer:
 
 
 class HostDraftStep:
-    """`begin` once per round (the target's shared K/V and the burst's position), then
-    one call per draft step."""
+    """The drafter's step in numpy for one target: `round` once per round gives the step
+    function `Decoder.draft` calls; `prepare` and `forward` are its two halves."""
 
-    def __init__(self, drafter):
-        body = drafter.model
+    def __init__(self, drafter, target):
+        body, args = drafter.model, drafter.args
         eps = drafter.text.rms_norm_eps
+        self.embed = target.embed
         self.layers = [HostLayer(layer, eps) for layer in body.layers]
         self.pre = _np(drafter.pre_projection.weight)
         self.post = _np(drafter.post_projection.weight)
         self.norm, self.eps = _np(body.norm.weight), eps
         self.head = _np(body.embed_tokens.weight)
+        self.subset = drafter.draft_token_ids if args.draft_vocab_size else None
         self.centroids = None  # the centroid head (E2B/E4B): scores only the top clusters
-        if drafter.args.use_ordered_embeddings:
+        if args.use_ordered_embeddings:
             masked = drafter.masked_embedding
             self.centroids, self.top_k = _np(masked.centroids.weight), masked.top_k
             self.clusters = np.asarray(masked.token_ordering).reshape(masked.num_centroids, -1)
-        self.kv: dict = {}
-        self.rotation: dict = {}
 
     @classmethod
-    def build(cls, drafter) -> HostDraftStep | None:
-        return cls(drafter) if isinstance(drafter, Model) and _supported(drafter) else None
+    def build(cls, drafter, target) -> HostDraftStep | None:
+        """The host step, or None where it does not apply (see the module docstring; the
+        target's K/V and embeddings are read as float32 without a copy)."""
+        if not (isinstance(drafter, Model) and _supported(drafter)):
+            return None
+        return cls(drafter, target) if target.dtype == mx.float32 else None
 
-    def begin(self, shared_kv: dict, position: int) -> None:
-        self.kv = {t: (np.asarray(k, np.float32)[0], np.asarray(v, np.float32)[0])
-                   for t, (k, v) in shared_kv.items()}
-        self.rotation = {}
+    def round(self, shared_kv: dict, position: int):
+        """This round's step: (token [1, 1], carry) -> (scores of the draftable tokens [C],
+        their ids (as `Model.propose`), next carry). It holds views of the target's cache:
+        drop it before the verify writes there."""
+        kv, rotation = self.prepare(shared_kv, position)
+
+        def step(token: mx.array, carry) -> tuple:
+            x = np.concatenate([np.asarray(self.embed(token)).reshape(-1),
+                                np.asarray(carry).reshape(-1)])
+            logits, ids, carry = self.forward(x, kv, rotation)
+            return mx.array(logits), (self.subset if ids is None else mx.array(ids)), carry
+
+        return step
+
+    def prepare(self, shared_kv: dict, position: int) -> tuple[dict, dict]:
+        """(K/V [kv heads, S, D] by layer type, rotation [D, D] by layer type and head size)."""
+        kv = {}
+        for t, (k, v) in shared_kv.items():
+            if k.shape[0] != 1:
+                raise ValueError("the host draft step drafts for one sequence")
+            kv[t] = (np.asarray(k)[0], np.asarray(v)[0])
+        rotation = {}
         for layer in self.layers:
             key = (layer.type, layer.head_dim)
-            if key not in self.rotation:  # row i: where the rope sends unit vector i
+            if key not in rotation:  # row i: where the rope sends unit vector i
                 eye = mx.eye(layer.head_dim, dtype=mx.float32)[:, None, None, :]
                 rotated = layer.rope(eye, offset=position)
-                self.rotation[key] = np.asarray(rotated).reshape(layer.head_dim, layer.head_dim)
+                rotation[key] = np.asarray(rotated).reshape(layer.head_dim, layer.head_dim)
+        return kv, rotation
 
-    def __call__(self, inputs_embeds: np.ndarray) -> tuple:
-        """(scores of the draftable tokens [C], their ids [C] (None: the fixed subset or the
-        whole vocabulary, as `Model.candidates`), carry [backbone hidden])."""
+    def forward(self, inputs_embeds: np.ndarray, kv: dict, rotation: dict) -> tuple:
+        """(scores [C], their ids [C] (None: the fixed subset or the whole vocabulary),
+        carry [backbone hidden]) for inputs_embeds [2 * backbone hidden]."""
         h = self.pre @ inputs_embeds.astype(np.float32, copy=False)
         for layer in self.layers:
-            h = layer(h, self.kv[layer.type], self.rotation[(layer.type, layer.head_dim)])
+            h = layer(h, kv[layer.type], rotation[(layer.type, layer.head_dim)])
         h = _rms(self.eps, h, self.norm)
         if self.centroids is None:
             return self.head @ h, None, self.post @ h
