@@ -18,7 +18,7 @@ own MLX `rope` (any rope type mlx-lm knows) by rotating the identity.
 
 Used only where it applies (`HostDraftStep.build` returns None otherwise): a float32
 target, float32 unquantized drafter weights (the distilled drafters are dequantized on the
-CPU at load), no per-layer inputs or experts in the drafter's layers, one sequence.
+CPU at load; float32 MLX arrays are read as numpy views of the same memory), one sequence.
 """
 
 from __future__ import annotations
@@ -34,21 +34,17 @@ from .gemma4_assistant import Model
 GELU_C = np.float32(math.sqrt(2 / math.pi))
 
 
-def _np(a: mx.array) -> np.ndarray:
-    return np.asarray(a)  # float32 MLX arrays: a view of the same memory
-
-
 def _rms(eps: float, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x * (np.float32(1) / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)) * w
 
 
 def _supported(drafter) -> bool:
-    weights = tree_flatten(drafter.parameters())  # quantized: uint32 weights with scales
+    """float32 and unquantized (quantized: uint32 weights with scales). Per-layer inputs
+    and experts never occur: `ModelArgs.text_args` turns them off for every drafter."""
+    weights = tree_flatten(drafter.parameters())
     return (
         all(w.dtype == mx.float32 for _, w in weights if mx.issubdtype(w.dtype, mx.floating))
         and not any(name.endswith(".scales") for name, _ in weights)
-        and all(lyr.per_layer_input_gate is None and not lyr.enable_moe
-                for lyr in drafter.model.layers)
     )
 
 
@@ -60,13 +56,13 @@ class HostLayer:
         self.type, self.eps = layer.layer_type, eps
         self.heads, self.head_dim, self.scale = attn.n_heads, attn.head_dim, attn.scale
         self.rope = attn.rope
-        self.q, self.o, self.q_norm = (_np(w) for w in
+        self.q, self.o, self.q_norm = (np.asarray(w) for w in
                                        (attn.q_proj.weight, attn.o_proj.weight, attn.q_norm.weight))
-        self.norms = [_np(n.weight) for n in (
+        self.norms = [np.asarray(n.weight) for n in (
             layer.input_layernorm, layer.post_attention_layernorm,
             layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)]
         mlp = layer.mlp
-        self.gate, self.up, self.down = (_np(m.weight) for m in
+        self.gate, self.up, self.down = (np.asarray(m.weight) for m in
                                          (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         scalar = layer.layer_scalar
         self.scalar = None if scalar is None else np.float32(scalar.item())
@@ -97,15 +93,15 @@ class HostDraftStep:
         eps = drafter.text.rms_norm_eps
         self.embed = target.embed
         self.layers = [HostLayer(layer, eps) for layer in body.layers]
-        self.pre = _np(drafter.pre_projection.weight)
-        self.post = _np(drafter.post_projection.weight)
-        self.norm, self.eps = _np(body.norm.weight), eps
-        self.head = _np(body.embed_tokens.weight)
+        self.pre = np.asarray(drafter.pre_projection.weight)
+        self.post = np.asarray(drafter.post_projection.weight)
+        self.norm, self.eps = np.asarray(body.norm.weight), eps
+        self.head = np.asarray(body.embed_tokens.weight)
         self.subset = drafter.draft_token_ids if args.draft_vocab_size else None
         self.centroids = None  # the centroid head (E2B/E4B): scores only the top clusters
         if args.use_ordered_embeddings:
             masked = drafter.masked_embedding
-            self.centroids, self.top_k = _np(masked.centroids.weight), masked.top_k
+            self.centroids, self.top_k = np.asarray(masked.centroids.weight), masked.top_k
             self.clusters = np.asarray(masked.token_ordering).reshape(masked.num_centroids, -1)
 
     @classmethod
