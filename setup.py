@@ -11,8 +11,9 @@ if sys.platform == "linux":
     extensions.append(
         Extension(
             "gemma_mtp_mlx._cblas_forward",
-            sources=["gemma_mtp_mlx/csrc/cblas_forward.c"],
-            extra_compile_args=["-O2"],
+            sources=["gemma_mtp_mlx/csrc/cblas_forward.c", "gemma_mtp_mlx/csrc/few_rows.c"],
+            depends=["gemma_mtp_mlx/csrc/few_rows.h"],
+            extra_compile_args=["-O3"],
             optional=True,
         )
     )

@@ -23,6 +23,12 @@ import sys
 
 _state = "not tried"
 
+# Matmuls of at most this many rows go to csrc/few_rows.c (row-invariant, the weight read once);
+# wider ones to OpenBLAS. A Gemma 3 270M float32 pass (one core, 2026-12-04): 12 rows 176 ms vs
+# 253 with OpenBLAS, 17 rows 227 vs 336, 24 rows 290 vs 332, 32 rows 434 vs 430. It covers every
+# verify (MAX_DRAFT + 1 = 17 rows). GEMMA_MTP_FEW_ROWS=0 turns it off (A/B benchmarks).
+FEW_ROWS = 24
+
 
 def _numpy_openblas() -> str | None:
     spec = importlib.util.find_spec("numpy")
@@ -76,9 +82,17 @@ def _load_forwarder() -> str:
         lib = ctypes.CDLL(forwarder.origin, mode=ctypes.RTLD_GLOBAL)
         if lib.gemma_mtp_set_gemm(*gemms) != 0:
             return "reference BLAS (OpenBLAS symbols missing)"
+        rows = _few_rows()
+        if rows and lib.gemma_mtp_set_few_rows(rows) == 0:
+            return f"OpenBLAS (numpy's), few-row kernel up to {rows} rows"
     except (OSError, AttributeError) as e:
         return f"reference BLAS ({e})"
     return "OpenBLAS (numpy's)"
+
+
+def _few_rows() -> int:
+    text = os.environ.get("GEMMA_MTP_FEW_ROWS", "").strip()
+    return int(text) if text.isdigit() else FEW_ROWS
 
 
 def describe() -> str:

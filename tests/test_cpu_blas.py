@@ -23,12 +23,50 @@ linux_reference_wheel = pytest.mark.skipif(
 
 @linux_reference_wheel
 def test_forwarder_is_active_on_the_linux_cpu_wheel():
-    assert cpu_blas.describe() == "OpenBLAS (numpy's)"
+    assert cpu_blas.describe().startswith("OpenBLAS (numpy's)")
+
+
+def few_rows_active() -> bool:
+    return "few-row kernel" in cpu_blas.describe()
+
+
+@pytest.mark.skipif(not few_rows_active(), reason="the few-row kernel needs x86-64 AVX2 + FMA")
+@pytest.mark.parametrize("layout", ["weight", "values"])
+@pytest.mark.parametrize("k", [640, 37])
+def test_few_row_products_do_not_depend_on_the_other_rows(layout, k):
+    """Row i of x @ w is bit for bit the same whether x has 1 row or up to FEW_ROWS (the kernel
+    decoding's verify and plain steps go through), for weights stored [out, in] (`x @ w.T`,
+    nn.Linear) and [in, out] (attention's weights times values)."""
+    rng = np.random.default_rng(k)
+    x = mx.array(rng.standard_normal((cpu_blas.FEW_ROWS, k)).astype(np.float32))
+    w = mx.array(rng.standard_normal((1027, k)).astype(np.float32))  # 1027: a tail of 3 columns
+    v = mx.array(rng.standard_normal((k, 300)).astype(np.float32))  # 300: a tail of 12
+
+    def product(a):
+        return a @ w.T if layout == "weight" else a @ v
+
+    with mx.stream(mx.cpu):
+        whole = np.array(product(x))
+        for m in (1, 2, 3, 4, 5, 8, 9, 17, cpu_blas.FEW_ROWS):
+            np.testing.assert_array_equal(np.array(product(x[:m])), whole[:m])
+        for i in (0, 7, cpu_blas.FEW_ROWS - 1):  # one row alone, from anywhere in the block
+            np.testing.assert_array_equal(np.array(product(x[i : i + 1]))[0], whole[i])
+
+
+def test_few_row_kernel_off_on_request():
+    code = "import gemma_mtp_mlx.cpu_blas as c; c.use_fast_blas(); print(c.describe())"
+    env = {**os.environ, "GEMMA_MTP_FEW_ROWS": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "few-row" not in out
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float64, mx.complex64])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("m,k,n", [(1, 64, 96), (5, 33, 17), (130, 70, 300)])
+@pytest.mark.parametrize(
+    "m,k,n", [(1, 64, 96), (5, 33, 17), (130, 70, 300), (3, 640, 1001), (24, 9, 35), (25, 16, 40)]
+)
 def test_matmul_matches_numpy(dtype, ta, tb, m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     a = rng.standard_normal((k, m) if ta else (m, k))

@@ -7,9 +7,21 @@
  * with RTLD_GLOBAL before MLX's first matmul, this library's `cblas_*` symbols take precedence over
  * the reference ones (MLX's libblas sits in its local scope), and forward to OpenBLAS through
  * pointers that gemma_mtp_mlx/cpu_blas.py sets from Python. No Python API: it is loaded with ctypes.
+ * Calls of a few rows (decoding's passes) go to few_rows.c instead: see there.
  */
 #include <stdint.h>
 #include <stddef.h>
+
+#include "few_rows.h"
+
+static int rows_max = 0; /* sgemm calls of at most this many rows go to few_rows.c */
+
+/* Route sgemm calls of at most `m` rows to few_rows.c (0: none). 1 where it cannot run here. */
+int gemma_mtp_set_few_rows(int m) {
+  if (m > 0 && !few_rows_supported()) return 1;
+  rows_max = m;
+  return 0;
+}
 
 typedef void (*gemm64_real_f)(int, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
                               const float *, int64_t, float, float *, int64_t);
@@ -32,6 +44,17 @@ int gemma_mtp_set_gemm(void *s, void *d, void *c) {
 
 void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc) {
+  /* 101: row-major, 111: no transpose, 112: transpose (CBLAS's enums) */
+  if (m <= rows_max && order == 101 && ta == 111 && alpha == 1.0f && beta == 0.0f) {
+    if (tb == 112) {
+      few_rows_nt(m, n, k, a, lda, b, ldb, c, ldc);
+      return;
+    }
+    if (tb == 111) {
+      few_rows_nn(m, n, k, a, lda, b, ldb, c, ldc);
+      return;
+    }
+  }
   sgemm64(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
