@@ -58,8 +58,7 @@ TGT static void cols(int m, int C, int k, const float *x, int64_t lda, const flo
   int r = 0;
   if (C == 4) {
     for (; r + 3 <= m; r += 3) block(3, 4, x + r * lda, lda, w, ldb, k, out + r * ldc, ldc);
-    if (m - r == 2) block(2, 4, x + r * lda, lda, w, ldb, k, out + r * ldc, ldc);
-    else if (m - r == 1) block(1, 4, x + r * lda, lda, w, ldb, k, out + r * ldc, ldc);
+    for (; r < m; r++) block(1, 4, x + r * lda, lda, w, ldb, k, out + r * ldc, ldc);
   } else {
     for (; r < m; r++) block(1, 1, x + r * lda, lda, w, ldb, k, out + r * ldc, ldc);
   }
