@@ -11,7 +11,12 @@ if sys.platform == "linux":
     extensions.append(
         Extension(
             "gemma_mtp_mlx._cblas_forward",
-            sources=["gemma_mtp_mlx/csrc/cblas_forward.c", "gemma_mtp_mlx/csrc/few_rows.c"],
+            sources=[
+                "gemma_mtp_mlx/csrc/cblas_forward.c",
+                "gemma_mtp_mlx/csrc/few_rows.c",
+                "gemma_mtp_mlx/csrc/q8_gemv.c",
+                "gemma_mtp_mlx/csrc/draft_layer.c",
+            ],
             depends=["gemma_mtp_mlx/csrc/few_rows.h"],
             extra_compile_args=["-O3"],
             optional=True,

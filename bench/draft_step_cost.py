@@ -2,7 +2,8 @@
 layers (`distill.deepen`), against one plain target step, at a given context length; and
 four draft steps right after a target step (as a K = 4 round drafts, the weights no longer
 in cache), alternated: decoding's own `Decoder.draft` with numpy's step
-(`gemma4_assistant_host`, "host_step") and with MLX's step ("mlx_step": the head's product
+(`gemma4_assistant_host`, "host_step": its head as 8-bit rows where that pays, host_gemv;
+"host_step_float32_head": the float32 head) and with MLX's step ("mlx_step": the head's product
 through sgemv, `one_row_logits`), and MLX's step with MLX's matmul for the head too.
 
     cd bench && OPENBLAS_NUM_THREADS=1 ../.venv/bin/python draft_step_cost.py \\
@@ -69,8 +70,11 @@ def main(argv=None):
             lambda d=d: mx.eval(d.propose(x, args.context, shared)), args.runs)
     session = Session(target, cache=cache, pending=7, carry=x[..., target.hidden_size:])
     with_host, without = Decoder(target, base), Decoder(target, base, host_draft=False)
+    float_head = Decoder(target, base)
+    float_head.host_step().head_rows = None  # its head in float32 (before host_gemv)
     drafts = {
         "host_step": lambda: mx.eval(with_host.draft(session, 4)[0]),
+        "host_step_float32_head": lambda: mx.eval(float_head.draft(session, 4)[0]),
         "mlx_step": lambda: mx.eval(without.draft(session, 4)[0]),
         "mlx_step_mlx_matmul": lambda: [mx.eval(base.propose(x, args.context, shared))
                                         for _ in range(4)],

@@ -7,7 +7,9 @@ import pytest
 from conftest import PAIRS, pair, reference
 from test_models_gemma4_assistant import shared_from_reference, subset_drafter
 
+from gemma_mtp_mlx import host_gemv
 from gemma_mtp_mlx.decoding import Decoder, Session
+from gemma_mtp_mlx.host_gemv import layer_function
 from gemma_mtp_mlx.models.gemma4_assistant_host import HostDraftStep
 from gemma_mtp_mlx.sampling import SamplingParams
 from gemma_mtp_mlx.scripted import ScriptedDrafter
@@ -134,3 +136,23 @@ def test_a_bfloat16_target_drafts_with_mlx_and_a_replaced_drafter_is_used(on_cpu
     first = decoder.host_step()
     decoder.drafter = subset_drafter(p.target)
     assert decoder.host_step() is not first and decoder.host_step() is not None
+
+
+@pytest.mark.skipif(layer_function() is None or not host_gemv._function(),
+                    reason="csrc/draft_layer.c needs the built extension and AVX2 + FMA")
+@pytest.mark.parametrize("name", PAIRS)
+def test_c_layer_equals_the_numpy_layer_on_views_of_a_live_cache(name):
+    """csrc/draft_layer.c against the numpy layer, on the K/V views decoding passes (a
+    cache with room to spare: strided rows of K/V heads), near position 0 and later."""
+    p = pair(name)
+    host = HostDraftStep.build(p.drafter, p.target)
+    assert all(layer.native is not None for layer in host.layers)
+    cache = p.target.make_cache()
+    mx.eval(p.target(mx.array([[2] + list(range(40, 70))]), cache)[0])
+    rng = np.random.default_rng(7)
+    for position in (3, 30):
+        kv, rotation = host.prepare(p.target.shared_kv(cache), position)
+        for layer in host.layers:
+            h = rng.normal(size=host.pre.shape[0]).astype(np.float32)
+            args = (h, kv[layer.type], rotation[(layer.type, layer.head_dim)])
+            np.testing.assert_allclose(layer(*args), layer.numpy_call(*args), rtol=2e-5, atol=2e-5)

@@ -1,14 +1,14 @@
-"""The MTP drafter's decoding step in numpy, for MLX's CPU backend (`HostDraftStep`).
+"""The MTP drafter's decoding step on the host, for MLX's CPU backend (`HostDraftStep`).
 
 The same computation as `gemma4_assistant.Model.propose` for one sequence and one
 query: pre-projection, the Q-only layers over the target's shared K/V, the final norm,
 the carry and the head's scores. Why a second path: a draft step is ~30 one-row
-products and ~150 small ops; on MLX's CPU backend a one-row matmul goes to sgemm, which
-packs the weights first ([1, 256] x [256, 1024]: 0.17 ms vs 0.025 ms with numpy's
-sgemv), and each op costs 20-40 us of dispatch. The bundled drafter's step alone: 10-11 ms
-in MLX, 5.6 ms here, where it is bound by reading its 41 MB of float32 weights; a K = 4
-round's drafts right after a target step (`Decoder.draft`): 22.6 / 29.5 ms vs 35.0 / 38.3
-ms with MLX's step (2-core CPU, 2026-12-04, bench/draft_step_cost.py).
+products and ~150 small ops; on MLX's CPU backend each op costs 20-40 us of dispatch, and
+the bundled drafter's step took 10-11 ms in MLX, 5.6 ms in numpy (session 11). Now each
+layer is one C call where the extension is built (csrc/draft_layer.c; `HostLayer.numpy_call`
+is the reference and the fallback) and a large head is read as 8-bit rows (host_gemv):
+4 draft steps right after a target step 14.3 / 16.7 ms, vs 24.9 / 21.6 with the float32
+head and 26.6 / 28.6 ms with MLX's step (2-core CPU, 2026-12-04, bench/draft_step_cost.py).
 
 Drafts only choose what the target verifies, so output never depends on this path; a
 sampled draft is drawn from the distribution of the scores computed here, which keeps
@@ -23,12 +23,14 @@ CPU at load; float32 MLX arrays are read as numpy views of the same memory), one
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ..host_gemv import Q8Rows, layer_function
 from .gemma4_assistant import Model
 
 GELU_C = np.float32(math.sqrt(2 / math.pi))
@@ -66,8 +68,44 @@ class HostLayer:
                                          (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         scalar = layer.layer_scalar
         self.scalar = None if scalar is None else np.float32(scalar.item())
+        self.native = self._native_args()
+
+    def _native_args(self) -> tuple | None:
+        """What csrc/draft_layer.c takes that is fixed (weight pointers, scalars), or None
+        where it is not built or a weight is not dense float32."""
+        weights = [*self.norms, self.q, self.q_norm, self.o, self.gate, self.up, self.down]
+        fn = layer_function()
+        if fn is None or not all(w.dtype == np.float32 and w.flags.c_contiguous for w in weights):
+            return None
+        pointers = (ctypes.c_void_p * 11)(*(w.ctypes.data for w in weights), None)
+        scalar = 1.0 if self.scalar is None else self.scalar
+        scalars = (ctypes.c_float * 3)(self.eps, self.scale, scalar)
+        return fn, pointers, scalars
 
     def __call__(self, h: np.ndarray, kv: tuple, rotation: np.ndarray) -> np.ndarray:
+        if self.native is not None:
+            out = self._native_call(h, kv, rotation)
+            if out is not None:
+                return out
+            self.native = None  # it cannot run here (no AVX2/FMA): numpy from now on
+        return self.numpy_call(h, kv, rotation)
+
+    def _native_call(self, h: np.ndarray, kv: tuple, rotation: np.ndarray) -> np.ndarray | None:
+        fn, pointers, scalars = self.native
+        keys, values = kv  # [kv heads, S, D], rows dense (views of the target's cache)
+        if keys.strides[-1] != 4 or values.strides[-1] != 4 or not rotation.flags.c_contiguous:
+            return self.numpy_call(h, kv, rotation)
+        out = np.array(h, dtype=np.float32)  # updated in place
+        pointers[10] = rotation.ctypes.data
+        dims = (ctypes.c_int * 6)(h.size, self.heads, keys.shape[0], self.head_dim,
+                                  self.gate.shape[0], keys.shape[1])
+        strides = (ctypes.c_int64 * 4)(*(n // 4 for n in (*keys.strides[:2], *values.strides[:2])))
+        ok = fn(dims, scalars, pointers, keys.ctypes.data, values.ctypes.data, strides,
+                out.ctypes.data) == 0
+        return out if ok else None
+
+    def numpy_call(self, h: np.ndarray, kv: tuple, rotation: np.ndarray) -> np.ndarray:
+        """The layer in numpy: the reference csrc/draft_layer.c is tested against."""
         inn, post_attn, pre_ff, post_ff = self.norms
         q = (self.q @ _rms(self.eps, h, inn)).reshape(self.heads, self.head_dim)
         q = _rms(self.eps, q, self.q_norm) @ rotation
@@ -97,12 +135,15 @@ class HostDraftStep:
         self.post = np.asarray(drafter.post_projection.weight)
         self.norm, self.eps = np.asarray(body.norm.weight), eps
         self.head = np.asarray(body.embed_tokens.weight)
+        self.head_rows = None  # the head as 8-bit rows where that pays (host_gemv)
         self.subset = drafter.draft_token_ids if args.draft_vocab_size else None
         self.centroids = None  # the centroid head (E2B/E4B): scores only the top clusters
         if args.use_ordered_embeddings:
             masked = drafter.masked_embedding
             self.centroids, self.top_k = np.asarray(masked.centroids.weight), masked.top_k
             self.clusters = np.asarray(masked.token_ordering).reshape(masked.num_centroids, -1)
+        else:
+            self.head_rows = Q8Rows.of(body.embed_tokens.weight)
 
     @classmethod
     def build(cls, drafter, target) -> HostDraftStep | None:
@@ -139,18 +180,29 @@ class HostDraftStep:
             if key not in rotation:  # row i: where the rope sends unit vector i
                 eye = mx.eye(layer.head_dim, dtype=mx.float32)[:, None, None, :]
                 rotated = layer.rope(eye, offset=position)
-                rotation[key] = np.asarray(rotated).reshape(layer.head_dim, layer.head_dim)
+                rotation[key] = np.ascontiguousarray(
+                    np.asarray(rotated).reshape(layer.head_dim, layer.head_dim), np.float32)
         return kv, rotation
 
     def forward(self, inputs_embeds: np.ndarray, kv: dict, rotation: dict) -> tuple:
         """(scores [C], their ids [C] (None: the fixed subset or the whole vocabulary),
         carry [backbone hidden]) for inputs_embeds [2 * backbone hidden]."""
+        h = self.hidden(inputs_embeds, kv, rotation)
+        scores, ids = self.score(h)
+        return scores, ids, self.post @ h
+
+    def hidden(self, inputs_embeds: np.ndarray, kv: dict, rotation: dict) -> np.ndarray:
+        """The post-norm hidden state [hidden]: pre-projection, the layers, the final norm."""
         h = self.pre @ inputs_embeds.astype(np.float32, copy=False)
         for layer in self.layers:
             h = layer(h, kv[layer.type], rotation[(layer.type, layer.head_dim)])
-        h = _rms(self.eps, h, self.norm)
+        return _rms(self.eps, h, self.norm)
+
+    def score(self, h: np.ndarray) -> tuple:
+        """The head: (scores, ids as in `forward`)."""
         if self.centroids is None:
-            return self.head @ h, None, self.post @ h
+            head = self.head if self.head_rows is None else self.head_rows
+            return head @ h, None
         top = np.argpartition(-(self.centroids @ h), self.top_k - 1)[: self.top_k]
         ids = self.clusters[top].reshape(-1)
-        return self.head[ids] @ h, ids, self.post @ h
+        return self.head[ids] @ h, ids
