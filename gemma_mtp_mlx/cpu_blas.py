@@ -22,6 +22,7 @@ import os
 import sys
 
 _state = "not tried"
+_few_rows_active = 0  # rows the few-row kernel takes in this process (0: off)
 
 # Matmuls of at most this many rows go to csrc/few_rows.c (row-invariant, the weight read once);
 # wider ones to OpenBLAS. A Gemma 3 270M float32 pass (one core, 2026-12-04): 12 rows 176 ms vs
@@ -84,6 +85,8 @@ def _load_forwarder() -> str:
             return "reference BLAS (OpenBLAS symbols missing)"
         rows = _few_rows()
         if rows and lib.gemma_mtp_set_few_rows(rows) == 0:
+            global _few_rows_active
+            _few_rows_active = rows
             return f"OpenBLAS (numpy's), few-row kernel up to {rows} rows"
     except (OSError, AttributeError) as e:
         return f"reference BLAS ({e})"
@@ -92,7 +95,12 @@ def _load_forwarder() -> str:
 
 def _few_rows() -> int:
     text = os.environ.get("GEMMA_MTP_FEW_ROWS", "").strip()
-    return int(text) if text.isdigit() else FEW_ROWS
+    return min(int(text), 4096) if text.isdigit() else FEW_ROWS
+
+
+def few_rows_limit() -> int:
+    """The widest product the few-row kernel takes in this process (0: it is off)."""
+    return _few_rows_active
 
 
 def describe() -> str:

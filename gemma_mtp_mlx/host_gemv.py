@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import weakref
 
 import numpy as np
 
 GROUP = 64
+MAX_GROUPS = 256  # csrc/q8_gemv.c's per-call sums: K up to 16,384
 MIN_WEIGHTS = 1 << 20  # rows x columns from which the 8-bit product pays (see above)
 
 _kernel = None  # the C function, False where it is not available
@@ -72,7 +74,7 @@ class Q8Rows:
     """A weight [N, K] as bytes [N, K] with a scale and a bias per group of 64 columns
     (w ~ scale * byte + bias); `rows @ x` is the product with one float32 row x [K]."""
 
-    _last: tuple | None = None  # (the float32 array converted last, its Q8Rows)
+    _last: tuple | None = None  # (a weak reference to the array converted last, its Q8Rows)
 
     def __init__(self, q: np.ndarray, scales: np.ndarray, biases: np.ndarray):
         self.q, self.scales, self.biases = q, scales, biases
@@ -90,13 +92,15 @@ class Q8Rows:
     @classmethod
     def of(cls, weight) -> Q8Rows | None:
         """`weight` (an MLX or numpy float32 [N, K]) as 8-bit rows, or None where that does
-        not pay or cannot run here (too small, K not whole groups, no kernel)."""
+        not pay or cannot run here (too small, K not whole groups or too wide, no kernel).
+        The array converted last is remembered by identity (weakly): MLX replaces arrays when
+        weights are updated (training, `load_weights`); one changed in place is not seen."""
         w = np.asarray(weight)
-        if (w.ndim != 2 or w.dtype != np.float32 or w.size < MIN_WEIGHTS
-                or w.shape[1] % GROUP or not _function()):
+        if (w.ndim != 2 or w.dtype != np.float32 or w.size < MIN_WEIGHTS or w.shape[1] % GROUP
+                or w.shape[1] // GROUP > MAX_GROUPS or not _function()):
             return None
-        if cls._last is None or cls._last[0] is not weight:
-            cls._last = (weight, cls.quantize(np.ascontiguousarray(w)))
+        if cls._last is None or cls._last[0]() is not weight:
+            cls._last = (weakref.ref(weight), cls.quantize(np.ascontiguousarray(w)))
         return cls._last[1]
 
     def _pointers(self, x: np.ndarray) -> tuple:
@@ -105,6 +109,8 @@ class Q8Rows:
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         n, k = self.q.shape
+        if x.shape != (k,):
+            raise ValueError(f"8-bit rows of width {k} times a vector of shape {x.shape}")
         out = np.empty(n, np.float32)
         if _function()(n, k, GROUP, *self._pointers(x), out.ctypes.data) != 0:
             raise RuntimeError("the 8-bit product failed")

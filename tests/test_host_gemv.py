@@ -45,6 +45,10 @@ def test_of_converts_large_weights_once(monkeypatch):
     assert Q8Rows.of(other) is not Q8Rows.of(big)
     assert Q8Rows.of(mx.random.normal((100, GROUP))) is None  # too small to pay
     assert Q8Rows.of(mx.random.normal((host_gemv.MIN_WEIGHTS // 100, 100))) is None  # K % 64
+    wide = (host_gemv.MAX_GROUPS + 1) * GROUP
+    assert Q8Rows.of(mx.random.normal((host_gemv.MIN_WEIGHTS // wide + 1, wide))) is None
+    with pytest.raises(ValueError):
+        Q8Rows.of(big) @ np.ones(GROUP + 1, np.float32)  # never read past x
 
 
 @kernel

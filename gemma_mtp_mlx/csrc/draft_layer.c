@@ -42,7 +42,7 @@ int gemma_mtp_draft_layer(const int *dims, const float *scalars, const float *co
   float eps = scalars[0], scale = scalars[1], layer_scalar = scalars[2];
   if (!few_rows_supported() || heads % kv_heads) return 1;
   int qd = heads * D;
-  float *buf = malloc(sizeof(float) * ((size_t)2 * H + 3 * (size_t)qd + 2 * (size_t)D + S + 2 * (size_t)I));
+  float *buf = malloc(sizeof(float) * ((size_t)2 * H + 2 * (size_t)qd + 2 * (size_t)D + S + 2 * (size_t)I));
   if (buf == NULL) return 1;
   float *x = buf, *a = x + H, *q = a + H, *att = q + qd, *qn = att + qd, *qr = qn + D;
   float *scores = qr + D, *g = scores + S, *u = g + I;

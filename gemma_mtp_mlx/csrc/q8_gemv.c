@@ -58,8 +58,8 @@ TGT static inline void rows_q8(int R, int j, int k, int group, const uint8_t *q,
 TGT static int q8_gemv_avx2(int n, int k, int group, const uint8_t *q, const float *scales,
                             const float *biases, const float *x, float *out) {
   float xsum[256];
+  if (group <= 0 || group % 8 || k % group || k / group > 256) return 1;
   int groups = k / group;
-  if (group % 8 || k % group || groups > 256) return 1;
   for (int g = 0; g < groups; g++) {
     float s = 0.0f;
     for (int i = g * group; i < (g + 1) * group; i++) s += x[i];

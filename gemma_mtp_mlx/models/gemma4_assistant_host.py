@@ -93,8 +93,13 @@ class HostLayer:
     def _native_call(self, h: np.ndarray, kv: tuple, rotation: np.ndarray) -> np.ndarray | None:
         fn, pointers, scalars = self.native
         keys, values = kv  # [kv heads, S, D], rows dense (views of the target's cache)
-        if keys.strides[-1] != 4 or values.strides[-1] != 4 or not rotation.flags.c_contiguous:
-            return self.numpy_call(h, kv, rotation)
+        D = self.head_dim
+        if not (keys.dtype == values.dtype == rotation.dtype == np.float32
+                and keys.shape == values.shape and keys.shape[2] == D
+                and self.heads % keys.shape[0] == 0 and h.shape == (self.q.shape[1],)
+                and keys.strides[-1] == values.strides[-1] == 4
+                and rotation.shape == (D, D) and rotation.flags.c_contiguous):
+            return self.numpy_call(h, kv, rotation)  # what the C layer does not take
         out = np.array(h, dtype=np.float32)  # updated in place
         pointers[10] = rotation.ctypes.data
         dims = (ctypes.c_int * 6)(h.size, self.heads, keys.shape[0], self.head_dim,
