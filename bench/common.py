@@ -186,6 +186,13 @@ def median(xs) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def median_ms(fn, runs: int, warmup: bool = False) -> float:
+    """Median milliseconds of `fn()` over `runs` calls (after one unmeasured call: `warmup`)."""
+    if warmup:
+        fn()
+    return median(timed(fn)[0] * 1e3 for _ in range(runs))
+
+
 def fmt(x: float, d: int = 2) -> str:
     if x != x:  # nan
         return "—"

@@ -18,16 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-import common as C  # noqa: F401  (puts the repository on sys.path)
-
-
-def median_ms(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+import common as C
 
 
 def main(argv=None):
@@ -63,10 +54,10 @@ def main(argv=None):
         for c in cache:
             c.trim(1)  # stay at the same context
 
-    out["target_step_ms"] = median_ms(plain_step, args.runs)
+    out["target_step_ms"] = C.median_ms(plain_step, args.runs)
     for n, (_, d) in [(config["text_config"]["num_hidden_layers"], (config, base))] + [
             (n, deepen(base, config, n)) for n in args.layers]:
-        out[f"draft_step_ms_{n}_layers"] = median_ms(
+        out[f"draft_step_ms_{n}_layers"] = C.median_ms(
             lambda d=d: mx.eval(d.propose(x, args.context, shared)), args.runs)
     session = Session(target, cache=cache, pending=7, carry=x[..., target.hidden_size:])
     with_host, without = Decoder(target, base), Decoder(target, base, host_draft=False)

@@ -17,9 +17,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-import common as C  # noqa: F401  (puts the repository on sys.path)
+import common as C
 
 
 def measure(target_dir: str, rows: list[int], reps: int, context: int) -> dict:
@@ -32,15 +31,6 @@ def measure(target_dir: str, rows: list[int], reps: int, context: int) -> dict:
     target = load_target(target_dir, dtype=mx.float32)
     cache = target.make_cache(max_rollback=max(rows))
     mx.eval(target(mx.array([[2] + [100 + i for i in range(context - 1)]]), cache)[0])
-
-    def ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
 
     def rows_of(tokens):
         logits, _ = target(mx.array([tokens]), cache)
@@ -59,8 +49,14 @@ def measure(target_dir: str, rows: list[int], reps: int, context: int) -> dict:
             mx.eval(target.hidden(ids, cache))
             rollback(cache, n)
 
-        out[n] = {"body": ms(body), "head": ms(lambda x=x: mx.eval(target.logits(x))),
-                  "pass": ms(lambda ids=ids: rows_of(ids[0].tolist())),
+        def head(x=x):
+            mx.eval(target.logits(x))
+
+        def whole(ids=ids):
+            rows_of(ids[0].tolist())
+
+        out[n] = {"body": C.median_ms(body, reps, True), "head": C.median_ms(head, reps, True),
+                  "pass": C.median_ms(whole, reps, True),
                   "row 0 = 1-row pass": bool(mx.array_equal(rows_of(tokens[:n])[0], alone))}
     return out
 
