@@ -18,7 +18,8 @@ if sys.platform == "linux":
                 "gemma_mtp_mlx/csrc/draft_layer.c",
             ],
             depends=["gemma_mtp_mlx/csrc/few_rows.h"],
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
             optional=True,
         )
     )

@@ -83,11 +83,12 @@ def _load_forwarder() -> str:
         lib = ctypes.CDLL(forwarder.origin, mode=ctypes.RTLD_GLOBAL)
         if lib.gemma_mtp_set_gemm(*gemms) != 0:
             return "reference BLAS (OpenBLAS symbols missing)"
-        rows = _few_rows()
-        if rows and lib.gemma_mtp_set_few_rows(rows) == 0:
+        rows, threads = _few_rows(), _threads()
+        if rows and lib.gemma_mtp_set_few_rows(rows, threads) == 0:
             global _few_rows_active
             _few_rows_active = rows
-            return f"OpenBLAS (numpy's), few-row kernel up to {rows} rows"
+            on = f"{threads} thread{'s' if threads > 1 else ''}"
+            return f"OpenBLAS (numpy's), few-row kernel up to {rows} rows on {on}"
     except (OSError, AttributeError) as e:
         return f"reference BLAS ({e})"
     return "OpenBLAS (numpy's)"
@@ -96,6 +97,14 @@ def _load_forwarder() -> str:
 def _few_rows() -> int:
     text = os.environ.get("GEMMA_MTP_FEW_ROWS", "").strip()
     return min(int(text), 4096) if text.isdigit() else FEW_ROWS
+
+
+def _threads() -> int:
+    """As many as OpenBLAS takes: OPENBLAS_NUM_THREADS, else the cores this process may use."""
+    text = os.environ.get("OPENBLAS_NUM_THREADS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return min(int(text), 256)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def few_rows_limit() -> int:

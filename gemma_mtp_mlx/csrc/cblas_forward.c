@@ -16,10 +16,12 @@
 
 static int rows_max = 0; /* sgemm calls of at most this many rows go to few_rows.c */
 
-/* Route sgemm calls of at most `m` rows to few_rows.c (0: none). 1 where it cannot run here. */
-int gemma_mtp_set_few_rows(int m) {
+/* Route sgemm calls of at most `m` rows to few_rows.c (0: none), on `threads` threads for large
+   weights. 1 where it cannot run here. */
+int gemma_mtp_set_few_rows(int m, int threads) {
   if (m > 0 && !few_rows_supported()) return 1;
   rows_max = m;
+  few_rows_set_threads(threads);
   return 0;
 }
 

@@ -64,11 +64,24 @@ TGT static void cols(int m, int C, int k, const float *x, int64_t lda, const flo
   }
 }
 
+static int threads = 1;
+
+void few_rows_set_threads(int n) { threads = n > 0 ? n : 1; }
+
+/* Weights of at least this many elements are split over the threads by blocks of 4 columns
+   (each output is still computed alone, so rows stay invariant): a Gemma 3 270M pass on 2
+   cores, body 26 -> 18 ms and head 44 -> 27 ms for 1 row, 36 -> 21 and 57 -> 29 ms for 5
+   (ad-hoc /tmp timing of this kernel, 18 layers' weights cycled so none is cached). */
+#define THREADED_WEIGHTS (1 << 19)
+
 TGT void few_rows_nt(int m, int n, int k, const float *x, int64_t lda, const float *w, int64_t ldb,
                  float *out, int64_t ldc) {
-  int j = 0;
-  for (; j + 4 <= n; j += 4) cols(m, 4, k, x, lda, w + (int64_t)j * ldb, ldb, out + j, ldc);
-  for (; j < n; j++) cols(m, 1, k, x, lda, w + (int64_t)j * ldb, ldb, out + j, ldc);
+  int blocks = n / 4;
+  int team = ((int64_t)n * k >= THREADED_WEIGHTS) ? threads : 1;
+#pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+  for (int b = 0; b < blocks; b++)
+    cols(m, 4, k, x, lda, w + (int64_t)4 * b * ldb, ldb, out + 4 * b, ldc);
+  for (int j = 4 * blocks; j < n; j++) cols(m, 1, k, x, lda, w + (int64_t)j * ldb, ldb, out + j, ldc);
 }
 
 /* out[M, N] = x[M, K] @ b[K, N], row-major: every output is acc = fma(x[r, t], b[t, j], acc)
@@ -117,6 +130,8 @@ int few_rows_supported(void) {
 #else
 
 int few_rows_supported(void) { return 0; }
+
+void few_rows_set_threads(int n) { (void)n; }
 
 void few_rows_nt(int m, int n, int k, const float *x, int64_t lda, const float *w, int64_t ldb,
                  float *out, int64_t ldc) {

@@ -5,6 +5,8 @@
 
 int few_rows_supported(void); /* 1 where the kernels below run (x86-64 with AVX2 and FMA) */
 
+void few_rows_set_threads(int n); /* threads for large weights (OpenMP; 1 by default) */
+
 /* out[M, N] = x[M, K] @ w[N, K]^T (a weight stored [out, in], as nn.Linear keeps it) */
 void few_rows_nt(int m, int n, int k, const float *x, int64_t lda, const float *w, int64_t ldb,
                  float *out, int64_t ldc);
