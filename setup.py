@@ -17,7 +17,7 @@ if sys.platform == "linux":
                 "gemma_mtp_mlx/csrc/q8_gemv.c",
                 "gemma_mtp_mlx/csrc/draft_layer.c",
             ],
-            depends=["gemma_mtp_mlx/csrc/few_rows.h"],
+            depends=["gemma_mtp_mlx/csrc/few_rows.h", "gemma_mtp_mlx/csrc/simd.h"],
             extra_compile_args=["-O3", "-fopenmp"],
             extra_link_args=["-fopenmp"],
             optional=True,

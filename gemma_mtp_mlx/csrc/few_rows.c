@@ -9,23 +9,13 @@
  * (prefetched a block ahead) for all M rows: 43 ms for one row, 48 for five, 63 for nine (one core,
  * AMD EPYC, 2026-12-04, /tmp bench of this kernel vs numpy), and every output is computed by the
  * same operations in the same order whatever M and whatever block it falls in, so the rows of a
- * verify equal plain decoding's bit for bit (calibration measures 0 at widths 2-16).
+ * verify equal plain decoding's bit for bit (calibration measures 0 at widths 2-17).
  * x86-64 with AVX2 and FMA only (checked at run time); elsewhere everything goes to OpenBLAS.
  */
 #include "few_rows.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
-#define TGT __attribute__((target("avx2,fma")))
-#define INL __attribute__((always_inline)) inline
-
-TGT static INL float hsum8(__m256 s) {
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  d = _mm_add_ss(d, _mm_shuffle_ps(d, d, 1));
-  return _mm_cvtss_f32(d);
-}
+#include "simd.h"
 
 /* R rows of x against C rows of w: every output is acc = fma(x[k:k+8], w[k:k+8], acc) over
    k = 0, 8, ..., then the same horizontal sum, then the scalar tail: the same operations
@@ -84,9 +74,6 @@ TGT void few_rows_nt(int m, int n, int k, const float *x, int64_t lda, const flo
   for (int j = 4 * blocks; j < n; j++) cols(m, 1, k, x, lda, w + (int64_t)j * ldb, ldb, out + j, ldc);
 }
 
-/* out[M, N] = x[M, K] @ b[K, N], row-major: every output is acc = fma(x[r, t], b[t, j], acc)
-   over t = 0, 1, ..., K - 1 (vector lanes and the scalar tail alike), so again a row's result
-   never depends on the others. */
 /* R rows of x times 32 columns of b (R <= 3: 12 accumulators), b read once for the R rows. */
 TGT static INL void block_nn(int R, const float *x, int64_t lda, const float *b, int64_t ldb,
                              int k, float *out, int64_t ldc) {
@@ -106,6 +93,9 @@ TGT static INL void block_nn(int R, const float *x, int64_t lda, const float *b,
     for (int c = 0; c < 4; c++) _mm256_storeu_ps(out + r * ldc + 8 * c, acc[r][c]);
 }
 
+/* out[M, N] = x[M, K] @ b[K, N], row-major: every output is acc = fma(x[r, t], b[t, j], acc)
+   over t = 0, 1, ..., K - 1 (vector lanes and the scalar tail alike), so again a row's result
+   never depends on the others. */
 TGT void few_rows_nn(int m, int n, int k, const float *x, int64_t lda, const float *b,
                      int64_t ldb, float *out, int64_t ldc) {
   int j = 0;

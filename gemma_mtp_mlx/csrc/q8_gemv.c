@@ -4,23 +4,16 @@
  *
  * Why: the drafter's step reads all its weights for one row of input; in float32 the bundled
  * drafter is 41 MB (its 23,667-row head 24 MB: 2.2-2.8 ms of a 5.4-6.1 ms step on the 2-core
- * CPU). The shipped weights are 8-bit (w = scale * q + bias per group of 64), so the bytes and
- * their scales give the same weights at a quarter of the reads.
+ * CPU). As bytes with a scale and a bias per group of 64 (w ~ scale * q + bias, rounded from the
+ * float32 rows by host_gemv.Q8Rows) the head is read at a quarter of the bytes.
  * out[j] = sum_g scale[j, g] * (q[j, g] . x[g]) + bias[j, g] * sum(x[g]).
  */
 #include <stdint.h>
 
+#include "few_rows.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
-#define TGT __attribute__((target("avx2,fma")))
-
-TGT static inline float hsum8(__m256 s) {
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  d = _mm_add_ss(d, _mm_shuffle_ps(d, d, 1));
-  return _mm_cvtss_f32(d);
-}
+#include "simd.h"
 
 TGT static inline __m256 bytes8(const uint8_t *p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
@@ -73,7 +66,7 @@ TGT static int q8_gemv_avx2(int n, int k, int group, const uint8_t *q, const flo
 
 int gemma_mtp_q8_gemv(int n, int k, int group, const uint8_t *q, const float *scales,
                       const float *biases, const float *x, float *out) {
-  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 1;
+  if (!few_rows_supported()) return 1;
   return q8_gemv_avx2(n, k, group, q, scales, biases, x, out);
 }
 
