@@ -91,6 +91,16 @@ OUT/.work/old-head). The package ships this stage's OUT:
         --target-dir /work/runs/g3_270m_pair/target \\
         --rows-from /work/runs/v8/drafter /work/runs/v10/drafter \\
         --stage11 /tmp/stage10/gemma_mtp_mlx/data/gemma3-270m-drafter
+
+Stage 12 (`--stage12 DRAFTER`): stage 11 as shipped from 2c084b2, its head kept, fine-tuned on
+rows the target *samples* at T = 0.7 (seeded, so rebuilt the same) from the prompts of stages
+10 and 11, built in OUT/.work (`--shard i` builds one part; the settings are in
+distill_gemma3_270m_settings.py):
+
+    git archive 2c084b2 gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage11
+    python bench/distill_gemma3_270m.py --out /work/runs/v12/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target \\
+        --stage12 /tmp/stage11/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
 """
 
 from __future__ import annotations
@@ -98,83 +108,23 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import common as C  # noqa: F401  (puts the repository on sys.path)
-
-from gemma_mtp_mlx.distill import DistillConfig, distill
-
-HERE = Path(__file__).resolve().parent
-HELDOUT = HERE / "heldout_prompts.txt"
-RECIPE = DistillConfig(
-    tokens=250_000,  # data tokens: 30 % the target's own text, 70 % the Python stdlib's
-    local_share=0.7,
-    seq_len=128,
-    gen_batch=64,
-    exclude=str(HELDOUT),
-    hidden=256,
-    layers=2,
-    vocab_subset=16384,
-    top_k=32,
-    steps=600,
-    batch=16,
-    draft_depth=4,
-    lr=2e-3,
-    eval_tokens=48,
-    save_bits=8,
+from distill_gemma3_270m_settings import (
+    FROM_DRAFTER,
+    GREEDY_SHARDS,
+    HELDOUT,
+    HERE,
+    RECIPE,
+    STAGE2,
+    STAGE11,
+    STAGES,
 )
 
-
-# rows: greedy rows a round; greedy_rounds: rounds the training joins (round r: cuts 4r
-# tokens longer, plan seed r; a later round can be built ahead with `--greedy-round r`);
-# repeat: each greedy row counts this often, stage 1's cache row stage1_weight times.
-STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 300, "batch": 16,
-          "draft_depth": 4, "lr": 1e-3, "seed": 1, "greedy_rounds": 1, "stage1_weight": 1}
-STAGE3 = {"repeat": 2, "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 2,
-          "greedy_rounds": 2, "stage1_weight": 1}
-# prompts: greedy rows continuing each prompt of these files (bench/), prompt_repeat times each
-STAGE4 = {"repeat": 1, "steps": 300, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 3,
-          "greedy_rounds": 2, "stage1_weight": 1,
-          "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt"], "prompt_repeat": 3}
-# stage 5: a third prompt set (more multilingual); the rows of the first two, built by
-# stage 4, are read from its .work; 400 steps, as the rows are 1.7x stage 4's
-STAGE5 = {**STAGE4, "steps": 400, "seed": 4,
-          "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt", "greedy_prompts_3.txt"]}
-# stage 6: a fourth prompt file (its multilingual ones in heldout_prompts.txt's six languages)
-STAGE6 = {**STAGE5, "seed": 5, "prompts": [*STAGE5["prompts"], "greedy_prompts_4.txt"]}
-STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6}
-# stages 7 and 8 start from a finished drafter folder (7: the shipped stage 6; 8: the shipped
-# stage 7) and need no earlier .work: the head grows by the tokens it lacked in other languages
-# (head_extra at most, counted in the multilingual prompts of head_from; stage 8 keeps stage 7's
-# head), then it is fine-tuned on the prompt rows of `prompts` only (built in its own .work)
-STAGE7 = {"head_extra": 8192, "head_from": ["greedy_prompts_3.txt", "greedy_prompts_4.txt"],
-          "prompts": ["greedy_prompts_4.txt", "greedy_prompts_5.txt"], "prompt_repeat": 1,
-          "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 6}
-# stage 8: stage 7 lost coding and chat (3.26 -> 2.86, 2.53 -> 2.45 tokens/verify; its rows had
-# 250 of each): the 600 coding and chat prompts of greedy_prompts_6.txt join stage 7's files;
-# 500 steps, as the rows are 1.33x stage 7's (the same ~3.5 passes over them)
-STAGE8 = {**STAGE7, "head_extra": 0, "head_from": [],
-          "prompts": [*STAGE7["prompts"], "greedy_prompts_6.txt"], "steps": 500, "seed": 7}
-# stage 9: stage 8's data and start (stage 7), the drafter deepened from 2 to 4 layers (the
-# new ones start as exact no-ops: `distill.deepen`); its layers are ~1 ms of a ~5 ms draft
-# step, the head the rest, so depth is the cheap capacity. `--rows-from STAGE8_OUT` reads the
-# rows stage 8 built (same head, so the same rows)
-STAGE9 = {**STAGE8, "layers": 4, "seed": 8}
-# stage 10: stage 9 as finished (4 layers; 2.28 tokens/verify vs stage 8's 2.25 on the held-out
-# prompts) and 600 new prompts (greedy_prompts_7.txt: prose and Italian, Japanese, Chinese, the
-# two domains it drafts worst, ~40 % of the multilingual ones short like the held-out ones): it
-# agreed with the teacher on 0.78 of its training rows' tokens but ~0.55 on new text, so new
-# text is what it lacks; 400 steps, as it has had ~3.5 passes over the older rows already
-STAGE10 = {**STAGE9, "prompts": [*STAGE9["prompts"], "greedy_prompts_7.txt"], "steps": 400,
-           "seed": 9}
-# stage 11: stage 10 as shipped, its head chosen again by use (head_by_use: the most used
-# tokens of stage 10's rows' text, the same size; 14,729 of stage 10's 23,667 never occur in
-# those rows' 382,969 tokens, while 13.7 % of the tokens are outside it), stage 10's rows
-# relabelled for it from their stored hidden states, then fine-tuned on them
-STAGE11 = {**STAGE10, "head_by_use": 23_667, "seed": 10}
-FROM_DRAFTER = {7: STAGE7, 8: STAGE8, 9: STAGE9, 10: STAGE10, 11: STAGE11}
-GREEDY_SHARDS = 2
+from gemma_mtp_mlx.distill import distill
 
 
 def held_out_prompts() -> list[str]:
@@ -197,14 +147,17 @@ class RowBuilder:
     eos: tuple
     held: list
     rep: object
+    temperature: float = 0.0  # > 0: rows sampled at it (stage 12), seeded by `seed`
+    seed: int = 0
+    gen_batch: int = STAGE2["gen_batch"]
 
-    def build(self, path: Path, plan):
+    def build(self, path: Path, plan, seed: int = 0):
         from gemma_mtp_mlx.distill import target_fingerprint
         from gemma_mtp_mlx.distill_greedy import build_greedy_cache
 
         return build_greedy_cache(self.target, path, plan, RECIPE.seq_len, self.ids, self.rows,
                                   RECIPE.top_k, self.eos, target_fingerprint(self.target),
-                                  self.rep)
+                                  self.rep, temperature=self.temperature, seed=seed)
 
 
 def greedy_parts(b: RowBuilder, work: Path, stage1: Path, rounds, shards):
@@ -233,12 +186,16 @@ def prompt_parts(b: RowBuilder, works: list[Path], file: Path, shards):
     prompts = [list(b.tokenizer.encode(t)) for _, t in data.parse_prompts(text)]
     if len(data.drop_held_out(b.tokenizer, prompts, b.held)) != len(prompts):
         raise ValueError(f"{file} contains a held-out prompt")
-    plan = greedy.prompt_plan(prompts, STAGE2["gen_batch"])
+    plan = greedy.prompt_plan(prompts, b.gen_batch)
     parts = []
     for i in shards:
         name = f"{file.stem}{i}"
+        seed = 0
+        if b.temperature > 0:  # sampled rows: their own folders and a seed per file and part
+            name = f"{file.stem}_t{b.temperature:g}_s{b.seed}_{i}"
+            seed = (b.seed << 20) + (zlib.crc32(name.encode()) & 0xFFFF) * 16
         work = next((w for w in works if (w / name / "meta.json").is_file()), works[-1])
-        parts.append(b.build(work / name, plan[i::GREEDY_SHARDS]))
+        parts.append(b.build(work / name, plan[i::GREEDY_SHARDS], seed))
     return parts
 
 
@@ -422,7 +379,9 @@ def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Pa
     eos = tuple(getattr(tokenizer, "eos_token_ids", ()) or ())
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
     with Reporter() as rep:
-        b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep)
+        b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep,
+                       settings.get("temperature", 0.0), settings["seed"],
+                       settings.get("gen_batch", STAGE2["gen_batch"]))
         parts = [p for name in settings["prompts"]
                  for p in prompt_parts(b, [*(Path(r) / ".work" for r in rows_from), work],
                                        HERE / name, shards)]
@@ -494,12 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     for n, was in ((7, "stage 6, as shipped until commit 19b9d1f"),
                    (8, "stage 7, as shipped from commit e2fd4fe"),
                    (9, "stage 7, as for stage 8"), (10, "stage 9's OUT"),
-                   (11, "stage 10, as shipped from commit c4d16e8")):
+                   (11, "stage 10, as shipped from commit c4d16e8"),
+                   (12, "stage 11, as shipped from commit 2c084b2")):
         p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")
     p.add_argument("--rows-from", nargs="*", default=[], metavar="OUT",
-                   help="stages 7-11: read prompt rows from these earlier OUT folders' .work")
+                   help="stages 7-12: read prompt rows from these earlier OUT folders' .work")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -521,7 +481,7 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
         p.error("--set and --time-budget are stage 1's")
     start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
     if args.rows_from and not start:
-        p.error("--rows-from is for stages 7-11")
+        p.error("--rows-from is for stages 7-12")
     if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if start and (chain or len(start) > 1 or args.set or args.time_budget is not None

@@ -79,12 +79,14 @@ def prompt_plan(prompts: list[list[int]], batch: int, cuts=PROMPT_CUTS) -> list[
 
 
 def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarray,
-                 k: int, eos=()) -> dict:
+                 k: int, eos=(), sampling: tuple[float, int] | None = None) -> dict:
     """Greedy continuations of `prefixes` [B, L] to `row_len` tokens (the argmax of the
     target's whole head), with what the cache stores for every position (the arrays of
     `distill_cache.teacher_pass` over `head_rows`, plus tokens and lengths: a row ends
-    after its first EOS)."""
+    after its first EOS). `sampling` (temperature, seed): continuations sampled from the
+    whole head at that temperature instead, the same for the same seed and prefixes."""
     B, L = prefixes.shape
+    key = None if sampling is None else mx.random.key(sampling[1])
     cache = [KVCache() for _ in target.layer_types]
     tokens = np.zeros((B, row_len), np.int32)
     tokens[:, :L] = prefixes
@@ -99,7 +101,13 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
         if pos == row_len:
             break
         with blas_threads(threads_for(B, h.shape[-1], target.vocab_size)):
-            nxt = np.array(mx.argmax(target.logits(mx.array(h[:, -1])), axis=-1), np.int32)
+            logits = target.logits(mx.array(h[:, -1]))
+            if key is None:
+                nxt = np.array(mx.argmax(logits, axis=-1), np.int32)
+            else:
+                key, sub = mx.random.split(key)
+                scaled = logits.astype(mx.float32) / sampling[0]
+                nxt = np.array(mx.random.categorical(scaled, key=sub), np.int32)
         tokens[:, pos] = nxt
         x = mx.array(nxt[:, None])
     out = labels(target, hidden, cache, head_rows, k)
@@ -115,14 +123,18 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
 
 def build_greedy_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
                        head_ids: np.ndarray, head_rows: np.ndarray, k: int = 32, eos=(),
-                       target_key: str = "", progress=None, dtype=np.float16) -> TeacherCache:
+                       target_key: str = "", progress=None, dtype=np.float16,
+                       temperature: float = 0.0, seed: int = 0) -> TeacherCache:
     """Generate and label every batch of `plan` into a teacher cache at `path` (the
     teacher over the drafter's vocabulary `head_ids`, whose head rows are `head_rows`);
-    resumes an interrupted build, refuses one of another plan."""
+    resumes an interrupted build, refuses one of another plan. `temperature` > 0: rows
+    sampled at it (batch j with seed `seed` + j, so a resumed build draws the same)."""
     path = Path(path)
     meta_file = path / "meta.json"
     rows = sum(len(p) for p in plan)
     plan_hash = _hash(np.concatenate([p.ravel() for p in plan]))
+    if temperature > 0:  # another temperature or seed is another plan
+        plan_hash = _hash(np.frombuffer(f"{plan_hash}:{temperature!r}:{seed}".encode(), np.uint8))
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta.get("plan_hash") != plan_hash or meta["head_ids_hash"] != _hash(head_ids):
@@ -134,10 +146,11 @@ def build_greedy_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
     if progress is not None:
         task = progress.add_task("greedy rows", total=rows, completed=meta["done"])
     lo = 0
-    for prefixes in plan:
+    for j, prefixes in enumerate(plan):
         hi = lo + len(prefixes)
         if hi > meta["done"]:
-            got = greedy_batch(target, prefixes, row_len, head_rows, k, eos)
+            sampling = (temperature, seed + j) if temperature > 0 else None
+            got = greedy_batch(target, prefixes, row_len, head_rows, k, eos, sampling)
             for name, value in got.items():
                 arrays[name][lo:hi] = value.astype(arrays[name].dtype)
                 arrays[name].flush()

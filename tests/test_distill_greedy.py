@@ -109,3 +109,40 @@ def test_greedy_cache_resumes_refuses_another_plan_and_joins(tmp_path):
     np.testing.assert_array_equal(b["tokens"][2], whole["tokens"][1])
     np.testing.assert_array_equal(b["hidden"][3], other["hidden"][3].astype(np.float32))
     assert JoinedCache([other, whole], [1, 1]).meta["tokens_hash"] != joined.meta["tokens_hash"]
+
+
+def test_sampled_rows_are_seeded_carry_their_teacher_labels_and_follow_the_temperature():
+    target = tiny()
+    _, rows, _, _ = data()
+    pre = prefixes(4, 6, 2)
+    a = greedy_batch(target, pre, ROW, rows, K, sampling=(1.0, 7))
+    again = greedy_batch(target, pre, ROW, rows, K, sampling=(1.0, 7))
+    other = greedy_batch(target, pre, ROW, rows, K, sampling=(1.0, 8))
+    np.testing.assert_array_equal(a["tokens"], again["tokens"])
+    assert (a["tokens"] != other["tokens"]).any()
+    greedy = greedy_batch(target, pre, ROW, rows, K)
+    assert (a["tokens"][:, 6:] != greedy["tokens"][:, 6:]).mean() > 0.3  # T = 1 really samples
+    cold = greedy_batch(target, pre, ROW, rows, K, sampling=(1e-4, 7))
+    np.testing.assert_array_equal(cold["tokens"], greedy["tokens"])  # T -> 0: the argmax
+    ref = teacher_pass(target, a["tokens"], rows, K)  # labels of the sampled text itself
+    for name in ("hidden", "kv_full_attention", "top_logp"):
+        np.testing.assert_allclose(a[name], ref[name], atol=2e-4, rtol=1e-3, err_msg=name)
+
+
+def test_sampled_cache_resumes_the_same_draws_and_refuses_another_seed(tmp_path):
+    target = tiny()
+    ids, rows, _, _ = data()
+    plan = [prefixes(2, 6, 0), prefixes(2, 8, 1)]
+    whole = build_greedy_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K,
+                               temperature=0.7, seed=3)
+    with pytest.raises(Stop):
+        build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
+                           progress=StopAt(1), temperature=0.7, seed=3)
+    resumed = build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
+                                 temperature=0.7, seed=3)
+    np.testing.assert_array_equal(whole["tokens"], resumed["tokens"])
+    greedy = build_greedy_cache(target, tmp_path / "greedy", plan, ROW, ids, rows, K)
+    assert (greedy["tokens"] != whole["tokens"]).any()
+    for kw in ({"temperature": 0.7, "seed": 4}, {"temperature": 0.0}):
+        with pytest.raises(ValueError, match="another plan"):
+            build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K, **kw)

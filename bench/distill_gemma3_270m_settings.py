@@ -1,0 +1,87 @@
+"""The settings of bench/distill_gemma3_270m.py's stages (its docstring tells the commands):
+stage 1's DistillConfig and each later stage's fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import common as C  # noqa: F401  (puts the repository on sys.path)
+
+from gemma_mtp_mlx.distill import DistillConfig
+
+HERE = Path(__file__).resolve().parent
+HELDOUT = HERE / "heldout_prompts.txt"
+RECIPE = DistillConfig(
+    tokens=250_000,  # data tokens: 30 % the target's own text, 70 % the Python stdlib's
+    local_share=0.7,
+    seq_len=128,
+    gen_batch=64,
+    exclude=str(HELDOUT),
+    hidden=256,
+    layers=2,
+    vocab_subset=16384,
+    top_k=32,
+    steps=600,
+    batch=16,
+    draft_depth=4,
+    lr=2e-3,
+    eval_tokens=48,
+    save_bits=8,
+)
+
+
+# rows: greedy rows a round; greedy_rounds: rounds the training joins (round r: cuts 4r
+# tokens longer, plan seed r; a later round can be built ahead with `--greedy-round r`);
+# repeat: each greedy row counts this often, stage 1's cache row stage1_weight times.
+STAGE2 = {"rows": 1536, "gen_batch": 32, "repeat": 2, "steps": 300, "batch": 16,
+          "draft_depth": 4, "lr": 1e-3, "seed": 1, "greedy_rounds": 1, "stage1_weight": 1}
+STAGE3 = {"repeat": 2, "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 2,
+          "greedy_rounds": 2, "stage1_weight": 1}
+# prompts: greedy rows continuing each prompt of these files (bench/), prompt_repeat times each
+STAGE4 = {"repeat": 1, "steps": 300, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 3,
+          "greedy_rounds": 2, "stage1_weight": 1,
+          "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt"], "prompt_repeat": 3}
+# stage 5: a third prompt set (more multilingual); the rows of the first two, built by
+# stage 4, are read from its .work; 400 steps, as the rows are 1.7x stage 4's
+STAGE5 = {**STAGE4, "steps": 400, "seed": 4,
+          "prompts": ["greedy_prompts.txt", "greedy_prompts_2.txt", "greedy_prompts_3.txt"]}
+# stage 6: a fourth prompt file (its multilingual ones in heldout_prompts.txt's six languages)
+STAGE6 = {**STAGE5, "seed": 5, "prompts": [*STAGE5["prompts"], "greedy_prompts_4.txt"]}
+STAGES = {2: STAGE2, 3: STAGE3, 4: STAGE4, 5: STAGE5, 6: STAGE6}
+# stages 7 and 8 start from a finished drafter folder (7: the shipped stage 6; 8: the shipped
+# stage 7) and need no earlier .work: the head grows by the tokens it lacked in other languages
+# (head_extra at most, counted in the multilingual prompts of head_from; stage 8 keeps stage 7's
+# head), then it is fine-tuned on the prompt rows of `prompts` only (built in its own .work)
+STAGE7 = {"head_extra": 8192, "head_from": ["greedy_prompts_3.txt", "greedy_prompts_4.txt"],
+          "prompts": ["greedy_prompts_4.txt", "greedy_prompts_5.txt"], "prompt_repeat": 1,
+          "steps": 400, "batch": 16, "draft_depth": 4, "lr": 1e-3, "seed": 6}
+# stage 8: stage 7 lost coding and chat (3.26 -> 2.86, 2.53 -> 2.45 tokens/verify; its rows had
+# 250 of each): the 600 coding and chat prompts of greedy_prompts_6.txt join stage 7's files;
+# 500 steps, as the rows are 1.33x stage 7's (the same ~3.5 passes over them)
+STAGE8 = {**STAGE7, "head_extra": 0, "head_from": [],
+          "prompts": [*STAGE7["prompts"], "greedy_prompts_6.txt"], "steps": 500, "seed": 7}
+# stage 9: stage 8's data and start (stage 7), the drafter deepened from 2 to 4 layers (the
+# new ones start as exact no-ops: `distill.deepen`); its layers are ~1 ms of a ~5 ms draft
+# step, the head the rest, so depth is the cheap capacity. `--rows-from STAGE8_OUT` reads the
+# rows stage 8 built (same head, so the same rows)
+STAGE9 = {**STAGE8, "layers": 4, "seed": 8}
+# stage 10: stage 9 as finished (4 layers; 2.28 tokens/verify vs stage 8's 2.25 on the held-out
+# prompts) and 600 new prompts (greedy_prompts_7.txt: prose and Italian, Japanese, Chinese, the
+# two domains it drafts worst, ~40 % of the multilingual ones short like the held-out ones): it
+# agreed with the teacher on 0.78 of its training rows' tokens but ~0.55 on new text, so new
+# text is what it lacks; 400 steps, as it has had ~3.5 passes over the older rows already
+STAGE10 = {**STAGE9, "prompts": [*STAGE9["prompts"], "greedy_prompts_7.txt"], "steps": 400,
+           "seed": 9}
+# stage 11: stage 10 as shipped, its head chosen again by use (head_by_use: the most used
+# tokens of stage 10's rows' text, the same size; 14,729 of stage 10's 23,667 never occur in
+# those rows' 382,969 tokens, while 13.7 % of the tokens are outside it), stage 10's rows
+# relabelled for it from their stored hidden states, then fine-tuned on them
+STAGE11 = {**STAGE10, "head_by_use": 23_667, "seed": 10}
+# stage 12: stage 11 as shipped (its head kept), fine-tuned on rows *sampled* by the target at
+# T = 0.7 (seeded) from the prompts of stages 10 and 11 (the same four domains, new text): it
+# agreed with the teacher on ~0.78 of its own rows' tokens but ~0.55 on new text, and at
+# T = 0.7 decoding meets sampled text (1.61-1.65 tokens per verify vs 2.3 greedy); 64 rows
+# a batch (97 vs 65 generated tok/s for 96 vs 32 on one process: ad-hoc, 2026-12-04)
+STAGE12 = {**STAGE10, "temperature": 0.7, "gen_batch": 64, "steps": 300, "seed": 11}
+FROM_DRAFTER = {7: STAGE7, 8: STAGE8, 9: STAGE9, 10: STAGE10, 11: STAGE11, 12: STAGE12}
+GREEDY_SHARDS = 2
