@@ -14,6 +14,7 @@ from gemma_mtp_mlx import distill_data as data
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 import distill_gemma3_270m as recipe  # noqa: E402
+import distill_gemma3_270m_settings as settings  # noqa: E402
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -30,7 +31,7 @@ import distill_gemma3_270m as recipe  # noqa: E402
     (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
     (["--stage10", "d", "--stage9", "d"], "no other --stageN"),
     (["--stage11", "d", "--stage10", "d"], "no other --stageN"),
-    (["--rows-from", "s8"], "stages 7-11"),
+    (["--rows-from", "s8"], "stages 7-12"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -90,10 +91,17 @@ def test_prompt_rows_are_read_from_the_earlier_stage_that_built_them(tmp_path):
     (earlier / "greedy_prompts_90" / "meta.json").write_text("{}")
     built = []
     b = recipe.RowBuilder(None, CharTokenizer(), None, None, (), [], None)
-    b.build = lambda path, plan: built.append((path, sum(len(p) for p in plan))) or path
+    b.build = lambda path, plan, seed=0: built.append((path, sum(len(p) for p in plan), seed)) \
+        or path
     assert recipe.prompt_parts(b, [earlier, current], file, range(2)) == [
         earlier / "greedy_prompts_90", current / "greedy_prompts_91"]
-    assert sum(n for _, n in built) == 2
+    assert sum(n for _, n, _ in built) == 2 and {s for _, _, s in built} == {0}
+    b.temperature, b.seed = 0.7, 11  # sampled rows (stage 12): their own folders and seeds
+    built.clear()
+    assert recipe.prompt_parts(b, [earlier, current], file, range(2)) == [
+        current / "greedy_prompts_9_t0.7_s11_0", current / "greedy_prompts_9_t0.7_s11_1"]
+    assert len({s for _, _, s in built}) == 2 and all(s > 0 for _, _, s in built)
+    b.temperature = 0.0
     file.write_text("[prose] Autumn came early that year. The orchard was\n", "utf-8")
     b.held = ["Autumn came early that year. The orchard"]
     with pytest.raises(ValueError, match="held-out prompt"):
@@ -119,7 +127,7 @@ def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
     start = save_drafter(drafter, config, tmp_path / "stage7", bits=8)
     work = tmp_path / "v8" / ".work"
     work.mkdir(parents=True)
-    grown, _ = recipe.grown_drafter(target, None, start, work, recipe.STAGE8)
+    grown, _ = recipe.grown_drafter(target, None, start, work, settings.STAGE8)
     want = dict(tree_flatten(dequantize_model(load_drafter(start)).parameters()))
     got = dict(tree_flatten(grown.parameters()))
     assert sorted(got) == sorted(want)
@@ -128,18 +136,18 @@ def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
     assert np.array(grown.draft_token_ids).tolist() == list(range(0, 256, 2))
     other = save_drafter(drafter, config, tmp_path / "other", bits=8)
     with pytest.raises(ValueError, match="another drafter"):
-        recipe.grown_drafter(target, None, other, work, recipe.STAGE8)
+        recipe.grown_drafter(target, None, other, work, settings.STAGE8)
     work9 = tmp_path / "v9" / ".work"
     work9.mkdir(parents=True)
-    deep, deep_config = recipe.grown_drafter(target, None, start, work9, recipe.STAGE9)
+    deep, deep_config = recipe.grown_drafter(target, None, start, work9, settings.STAGE9)
     assert len(deep.model.layers) == deep_config["text_config"]["num_hidden_layers"] == 4
     assert np.array(deep.draft_token_ids).tolist() == list(range(0, 256, 2))
     work11 = tmp_path / "v11" / ".work"  # stage 11: the head its rows choose, once
     work11.mkdir(parents=True)
     head = np.array([1, 2, 3, *range(8, 256, 2)], np.int32)
-    swapped, swapped_config = recipe.grown_drafter(target, None, start, work11, recipe.STAGE11,
+    swapped, swapped_config = recipe.grown_drafter(target, None, start, work11, settings.STAGE11,
                                                    head)
     assert np.array(swapped.draft_token_ids).tolist() == head.tolist()
     assert swapped_config["draft_vocab_size"] == head.size
     with pytest.raises(ValueError, match="another head"):
-        recipe.grown_drafter(target, None, start, work11, recipe.STAGE11, head[1:])
+        recipe.grown_drafter(target, None, start, work11, settings.STAGE11, head[1:])
