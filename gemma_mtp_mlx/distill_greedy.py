@@ -86,7 +86,7 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
     after its first EOS). `sampling` (temperature, seed): continuations sampled from the
     whole head at that temperature instead, the same for the same seed and prefixes."""
     B, L = prefixes.shape
-    key = None if sampling is None else mx.random.key(sampling[1])
+    rng = None if sampling is None else np.random.default_rng(sampling[1])
     cache = [KVCache() for _ in target.layer_types]
     tokens = np.zeros((B, row_len), np.int32)
     tokens[:, :L] = prefixes
@@ -102,12 +102,10 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
             break
         with blas_threads(threads_for(B, h.shape[-1], target.vocab_size)):
             logits = target.logits(mx.array(h[:, -1]))
-            if key is None:
+            if rng is None:
                 nxt = np.array(mx.argmax(logits, axis=-1), np.int32)
             else:
-                key, sub = mx.random.split(key)
-                scaled = logits.astype(mx.float32) / sampling[0]
-                nxt = np.array(mx.random.categorical(scaled, key=sub), np.int32)
+                nxt = sample_rows(np.array(logits.astype(mx.float32)), sampling[0], rng)
         tokens[:, pos] = nxt
         x = mx.array(nxt[:, None])
     out = labels(target, hidden, cache, head_rows, k)
@@ -118,6 +116,28 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
             lengths[b] = L + hits[0] + 1
             tokens[b, lengths[b]:] = 0
     out["tokens"], out["lengths"] = tokens, lengths
+    return out
+
+
+# Gumbel-max with float32-resolution noise, -log(-log(u)) for u on the grid (i + 1/2) / 2^24 (as
+# float32 samplers draw it), lies within [-2.85, 17.33]: a token more than this span below its
+# row's top (in logits / T) can never win, so it needs no noise. On the 270M's logits at T = 0.7
+# ~7 % of the vocabulary is within reach (median 18,045 of 262,144 over 64 positions).
+GUMBEL_REACH = 24.0
+NOISE_GRID = 1 << 24
+
+
+def sample_rows(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """One token per row of `logits` [B, V], drawn from softmax(logits / temperature) by
+    Gumbel-max (exact up to the noise's float32 resolution), the noise drawn only for tokens
+    within GUMBEL_REACH of the row's top: MLX's categorical over 64 x 262,144 took ~800 ms."""
+    scaled = logits / np.float32(temperature)
+    floor = scaled.max(axis=-1, keepdims=True) - GUMBEL_REACH
+    out = np.empty(len(scaled), np.int32)
+    for b, row in enumerate(scaled):
+        near = np.flatnonzero(row >= floor[b])
+        u = (rng.integers(0, NOISE_GRID, near.size) + 0.5) / NOISE_GRID
+        out[b] = near[np.argmax(row[near] - np.log(-np.log(u)))]
     return out
 
 

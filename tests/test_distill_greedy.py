@@ -10,11 +10,14 @@ from test_distill_train import K, Stop, StopAt, data, tiny
 
 from gemma_mtp_mlx.distill_cache import TeacherCache, build_cache, teacher_pass
 from gemma_mtp_mlx.distill_greedy import (
+    GUMBEL_REACH,
+    NOISE_GRID,
     JoinedCache,
     build_greedy_cache,
     greedy_batch,
     prefix_plan,
     prompt_plan,
+    sample_rows,
 )
 from gemma_mtp_mlx.models.cache import KVCache
 
@@ -146,3 +149,19 @@ def test_sampled_cache_resumes_the_same_draws_and_refuses_another_seed(tmp_path)
     for kw in ({"temperature": 0.7, "seed": 4}, {"temperature": 0.0}):
         with pytest.raises(ValueError, match="another plan"):
             build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K, **kw)
+
+
+def test_sample_rows_draws_the_softmax_at_the_temperature():
+    rng = np.random.default_rng(0)
+    row = np.concatenate([rng.normal(0, 1.5, 30), [-60.0]]).astype(np.float32)
+    logits = np.tile(row, (40_000, 1))
+    got = np.bincount(sample_rows(logits, 0.7, np.random.default_rng(1)), minlength=row.size)
+    p = np.exp(row / 0.7 - (row / 0.7).max())
+    p /= p.sum()
+    sigma = np.sqrt(p * (1 - p) / len(logits))
+    assert np.all(np.abs(got / len(logits) - p) < 5 * sigma + 1e-9)
+    assert got[-1] == 0  # beyond reach: never drawn (p ~ e^-85)
+    # the noise's whole span is inside the reach, so no token beyond it could ever win
+    u = np.array([0.5, NOISE_GRID - 0.5]) / NOISE_GRID
+    noise = -np.log(-np.log(u))
+    assert noise[1] - noise[0] < GUMBEL_REACH
