@@ -147,17 +147,19 @@ class RowBuilder:
     eos: tuple
     held: list
     rep: object
-    temperature: float = 0.0  # > 0: rows sampled at it (stage 12), seeded by `seed`
+    temperature: float = 0.0  # > 0: rows sampled at it (stage 12), seeded from `seed`
     seed: int = 0
     gen_batch: int = STAGE2["gen_batch"]
 
-    def build(self, path: Path, plan, seed: int = 0):
+    def build(self, path: Path, plan, seed: int | None = None):
         from gemma_mtp_mlx.distill import target_fingerprint
         from gemma_mtp_mlx.distill_greedy import build_greedy_cache
 
+        if self.temperature > 0 and seed is None:
+            raise ValueError(f"{path}: sampled rows need a seed of their own")
         return build_greedy_cache(self.target, path, plan, RECIPE.seq_len, self.ids, self.rows,
                                   RECIPE.top_k, self.eos, target_fingerprint(self.target),
-                                  self.rep, temperature=self.temperature, seed=seed)
+                                  self.rep, temperature=self.temperature, seed=seed or 0)
 
 
 def greedy_parts(b: RowBuilder, work: Path, stage1: Path, rounds, shards):
@@ -190,10 +192,12 @@ def prompt_parts(b: RowBuilder, works: list[Path], file: Path, shards):
     parts = []
     for i in shards:
         name = f"{file.stem}{i}"
-        seed = 0
-        if b.temperature > 0:  # sampled rows: their own folders and a seed per file and part
+        seed = None
+        if b.temperature > 0:  # sampled rows: their own folders, a seed per file and part
             name = f"{file.stem}_t{b.temperature:g}_s{b.seed}_{i}"
             seed = (b.seed << 20) + (zlib.crc32(name.encode()) & 0xFFFF) * 16
+            if len(plan[i::GREEDY_SHARDS]) > 16:  # batch j draws with seed + j: stay in the slot
+                raise ValueError(f"{file}: over 16 batches a part; raise gen_batch")
         work = next((w for w in works if (w / name / "meta.json").is_file()), works[-1])
         parts.append(b.build(work / name, plan[i::GREEDY_SHARDS], seed))
     return parts
@@ -360,10 +364,10 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict, he
 
 def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Path,
                        settings: dict, shard=None, rows_from=()) -> dict:
-    """Stage 7, 8, 9 or 10 (`settings`): `start` (its head grown, or deepened, if settings say
-    so) fine-tuned on the greedy rows of settings' prompt files, read from the .work of
-    `rows_from` folders that have them, else built in its own (only `shard`'s part of them,
-    and no training, with `shard`)."""
+    """Stage 7, 8, 9, 10 or 12 (`settings`): `start` (its head grown, or deepened, if settings
+    say so) fine-tuned on the rows of settings' prompt files (greedy, or sampled at settings'
+    temperature), read from the .work of `rows_from` folders that have them, else built in
+    its own (only `shard`'s part of them, and no training, with `shard`)."""
     import mlx.core as mx
     import numpy as np
 
@@ -380,7 +384,7 @@ def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Pa
     shards = range(GREEDY_SHARDS) if shard is None else [shard]
     with Reporter() as rep:
         b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep,
-                       settings.get("temperature", 0.0), settings["seed"],
+                       settings.get("temperature", 0.0), settings.get("sample_seed", 0),
                        settings.get("gen_batch", STAGE2["gen_batch"]))
         parts = [p for name in settings["prompts"]
                  for p in prompt_parts(b, [*(Path(r) / ".work" for r in rows_from), work],

@@ -9,6 +9,9 @@ and each decoding step's forward pass already gives what the teacher cache store
 (post-norm hidden state, the shared layers' K/V, the head's log-probs): generating and
 labelling is one pass per token instead of a generation step plus a teacher pass.
 
+Rows may instead be sampled at a temperature (`sampling`, `sample_rows`): the target's own
+text as sampled decoding meets it, labelled the same way.
+
 The cache has `distill_cache`'s layout (same arrays, same dtypes), built batch by batch
 with `meta.json` counting the rows done, so an interrupted build resumes.
 """
@@ -120,24 +123,36 @@ def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarr
 
 
 # Gumbel-max with float32-resolution noise, -log(-log(u)) for u on the grid (i + 1/2) / 2^24 (as
-# float32 samplers draw it), lies within [-2.85, 17.33]: a token more than this span below its
-# row's top (in logits / T) can never win, so it needs no noise. On the 270M's logits at T = 0.7
-# ~7 % of the vocabulary is within reach (median 18,045 of 262,144 over 64 positions).
+# float32 samplers draw it), lies within [-2.85, 17.33]: a token more than that span (20.18)
+# below its row's top (in logits / T) can never win, so it needs no noise; 24 leaves a margin.
+# On the 270M's logits at T = 0.7 ~7 % of the vocabulary is within reach (median 18,045 of
+# 262,144 over 64 positions).
 GUMBEL_REACH = 24.0
 NOISE_GRID = 1 << 24
+
+
+def gumbel_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n Gumbel draws at float32 resolution (within [-2.85, 17.33])."""
+    u = (rng.integers(0, NOISE_GRID, n) + 0.5) / NOISE_GRID
+    return -np.log(-np.log(u))
 
 
 def sample_rows(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """One token per row of `logits` [B, V], drawn from softmax(logits / temperature) by
     Gumbel-max (exact up to the noise's float32 resolution), the noise drawn only for tokens
-    within GUMBEL_REACH of the row's top: MLX's categorical over 64 x 262,144 took ~800 ms."""
+    within GUMBEL_REACH of the row's top: MLX's categorical over 64 x 262,144 took ~800 ms.
+    One `rng` serves the rows in turn, so the draws repeat for the same logits (a resumed
+    batch on the same machine), not across machines whose logits differ in the last bits."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 to sample, not {temperature}")
     scaled = logits / np.float32(temperature)
-    floor = scaled.max(axis=-1, keepdims=True) - GUMBEL_REACH
+    top = scaled.max(axis=-1, keepdims=True)
+    if not np.isfinite(top).all():
+        raise ValueError("the target's logits are not finite (NaN or inf)")
     out = np.empty(len(scaled), np.int32)
     for b, row in enumerate(scaled):
-        near = np.flatnonzero(row >= floor[b])
-        u = (rng.integers(0, NOISE_GRID, near.size) + 0.5) / NOISE_GRID
-        out[b] = near[np.argmax(row[near] - np.log(-np.log(u)))]
+        near = np.flatnonzero(row >= top[b] - GUMBEL_REACH)
+        out[b] = near[np.argmax(row[near] + gumbel_noise(rng, near.size))]
     return out
 
 
@@ -153,8 +168,11 @@ def build_greedy_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
     meta_file = path / "meta.json"
     rows = sum(len(p) for p in plan)
     plan_hash = _hash(np.concatenate([p.ravel() for p in plan]))
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), not {temperature}")
     if temperature > 0:  # another temperature or seed is another plan
-        plan_hash = _hash(np.frombuffer(f"{plan_hash}:{temperature!r}:{seed}".encode(), np.uint8))
+        text = f"{plan_hash}:{float(temperature)!r}:{int(seed)}"
+        plan_hash = _hash(np.frombuffer(text.encode(), np.uint8))
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta.get("plan_hash") != plan_hash or meta["head_ids_hash"] != _hash(head_ids):

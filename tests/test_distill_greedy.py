@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from test_distill_train import K, Stop, StopAt, data, tiny
 
-from gemma_mtp_mlx.distill_cache import TeacherCache, build_cache, teacher_pass
+from gemma_mtp_mlx.distill_cache import TeacherCache, _hash, build_cache, teacher_pass
 from gemma_mtp_mlx.distill_greedy import (
     GUMBEL_REACH,
     NOISE_GRID,
     JoinedCache,
     build_greedy_cache,
     greedy_batch,
+    gumbel_noise,
     prefix_plan,
     prompt_plan,
     sample_rows,
@@ -144,8 +145,13 @@ def test_sampled_cache_resumes_the_same_draws_and_refuses_another_seed(tmp_path)
     resumed = build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
                                  temperature=0.7, seed=3)
     np.testing.assert_array_equal(whole["tokens"], resumed["tokens"])
+    for j, p in enumerate(plan):  # batch j drawn at the temperature with seed + j
+        np.testing.assert_array_equal(whole["tokens"][2 * j : 2 * j + 2], greedy_batch(
+            target, p, ROW, rows, K, sampling=(0.7, 3 + j))["tokens"])
     greedy = build_greedy_cache(target, tmp_path / "greedy", plan, ROW, ids, rows, K)
     assert (greedy["tokens"] != whole["tokens"]).any()
+    # greedy caches keep the plan hash they had before sampled rows existed
+    assert greedy.meta["plan_hash"] == _hash(np.concatenate([p.ravel() for p in plan]))
     for kw in ({"temperature": 0.7, "seed": 4}, {"temperature": 0.0}):
         with pytest.raises(ValueError, match="another plan"):
             build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K, **kw)
@@ -161,7 +167,27 @@ def test_sample_rows_draws_the_softmax_at_the_temperature():
     sigma = np.sqrt(p * (1 - p) / len(logits))
     assert np.all(np.abs(got / len(logits) - p) < 5 * sigma + 1e-9)
     assert got[-1] == 0  # beyond reach: never drawn (p ~ e^-85)
-    # the noise's whole span is inside the reach, so no token beyond it could ever win
-    u = np.array([0.5, NOISE_GRID - 0.5]) / NOISE_GRID
-    noise = -np.log(-np.log(u))
-    assert noise[1] - noise[0] < GUMBEL_REACH
+
+
+class ExtremeDraws:
+    """An rng whose integer draws are the given ones (the noise's extremes)."""
+
+    def __init__(self, draws):
+        self.draws = np.array(draws)
+
+    def integers(self, lo, hi, n):
+        assert n == len(self.draws)
+        return self.draws
+
+
+def test_the_noise_spans_less_than_the_reach_and_a_token_just_inside_it_can_win():
+    low, high = gumbel_noise(ExtremeDraws([0, NOISE_GRID - 1]), 2)
+    assert low == gumbel_noise(ExtremeDraws([0]), 1)[0] and high - low < GUMBEL_REACH
+    gap = (high - low) * 0.999  # the top gets the lowest noise, the other token the highest
+    got = sample_rows(np.array([[0.0, -gap, -GUMBEL_REACH - 1]], np.float32), 1.0,
+                      ExtremeDraws([0, NOISE_GRID - 1]))
+    assert got[0] == 1
+    with pytest.raises(ValueError, match="temperature"):
+        sample_rows(np.zeros((1, 3), np.float32), 0.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not finite"):
+        sample_rows(np.array([[0.0, np.nan]], np.float32), 0.7, np.random.default_rng(0))

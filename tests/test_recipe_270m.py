@@ -91,17 +91,20 @@ def test_prompt_rows_are_read_from_the_earlier_stage_that_built_them(tmp_path):
     (earlier / "greedy_prompts_90" / "meta.json").write_text("{}")
     built = []
     b = recipe.RowBuilder(None, CharTokenizer(), None, None, (), [], None)
-    b.build = lambda path, plan, seed=0: built.append((path, sum(len(p) for p in plan), seed)) \
+    b.build = lambda path, plan, seed=None: built.append((path, sum(len(p) for p in plan), seed)) \
         or path
     assert recipe.prompt_parts(b, [earlier, current], file, range(2)) == [
         earlier / "greedy_prompts_90", current / "greedy_prompts_91"]
-    assert sum(n for _, n, _ in built) == 2 and {s for _, _, s in built} == {0}
+    assert sum(n for _, n, _ in built) == 2 and {s for _, _, s in built} == {None}
     b.temperature, b.seed = 0.7, 11  # sampled rows (stage 12): their own folders and seeds
     built.clear()
     assert recipe.prompt_parts(b, [earlier, current], file, range(2)) == [
         current / "greedy_prompts_9_t0.7_s11_0", current / "greedy_prompts_9_t0.7_s11_1"]
     assert len({s for _, _, s in built}) == 2 and all(s > 0 for _, _, s in built)
     b.temperature = 0.0
+    sampled = recipe.RowBuilder(None, CharTokenizer(), None, None, (), [], None, 0.7, 11)
+    with pytest.raises(ValueError, match="seed of their own"):
+        sampled.build(tmp_path / "x", [])
     file.write_text("[prose] Autumn came early that year. The orchard was\n", "utf-8")
     b.held = ["Autumn came early that year. The orchard"]
     with pytest.raises(ValueError, match="held-out prompt"):
