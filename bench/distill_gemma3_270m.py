@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 11, each fine-tuning the one before; the package ships stage 11.
+stage 1, then stages 2 to 12, each fine-tuning the one before; the package ships stage 12.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -84,7 +84,7 @@ Stage 11 (`--stage11 DRAFTER`): stage 10 as shipped from c4d16e8, its head chose
 use in stage 10's rows (`distill_head.head_by_use`, same size), those rows relabelled for it
 from their stored hidden states (`distill_head.relabel`, ~5 min), then fine-tuned on them.
 `--rows-from` names the OUT folders holding stage 10's rows (else they are built in
-OUT/.work/old-head). The package ships this stage's OUT:
+OUT/.work/old-head). The package shipped this stage's OUT from 2c084b2 (session 12):
 
     git archive c4d16e8 gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage10
     python bench/distill_gemma3_270m.py --out /work/runs/v11/drafter \\
@@ -95,7 +95,7 @@ OUT/.work/old-head). The package ships this stage's OUT:
 Stage 12 (`--stage12 DRAFTER`): stage 11 as shipped from 2c084b2, its head kept, fine-tuned on
 rows the target *samples* at T = 0.7 (seeded, so rebuilt the same) from the prompts of stages
 10 and 11, built in OUT/.work (`--shard i` builds one part; the settings are in
-distill_gemma3_270m_settings.py):
+distill_gemma3_270m_settings.py). The package ships this stage's OUT:
 
     git archive 2c084b2 gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage11
     python bench/distill_gemma3_270m.py --out /work/runs/v12/drafter \\
