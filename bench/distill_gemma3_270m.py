@@ -191,15 +191,14 @@ def prompt_parts(b: RowBuilder, works: list[Path], file: Path, shards):
     plan = greedy.prompt_plan(prompts, b.gen_batch)
     parts = []
     for i in shards:
-        name = f"{file.stem}{i}"
-        seed = None
+        part, name, seed = plan[i::GREEDY_SHARDS], f"{file.stem}{i}", None
         if b.temperature > 0:  # sampled rows: their own folders, a seed per file and part
             name = f"{file.stem}_t{b.temperature:g}_s{b.seed}_{i}"
             seed = (b.seed << 20) + (zlib.crc32(name.encode()) & 0xFFFF) * 16
-            if len(plan[i::GREEDY_SHARDS]) > 16:  # batch j draws with seed + j: stay in the slot
+            if len(part) > 16:  # batch j draws with seed + j: stay in the slot
                 raise ValueError(f"{file}: over 16 batches a part; raise gen_batch")
         work = next((w for w in works if (w / name / "meta.json").is_file()), works[-1])
-        parts.append(b.build(work / name, plan[i::GREEDY_SHARDS], seed))
+        parts.append(b.build(work / name, part, seed))
     return parts
 
 
