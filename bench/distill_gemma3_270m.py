@@ -363,10 +363,10 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict, he
 
 def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Path,
                        settings: dict, shard=None, rows_from=()) -> dict:
-    """Stage 7, 8, 9, 10 or 12 (`settings`): `start` (its head grown, or deepened, if settings
-    say so) fine-tuned on the rows of settings' prompt files (greedy, or sampled at settings'
-    temperature), read from the .work of `rows_from` folders that have them, else built in
-    its own (only `shard`'s part of them, and no training, with `shard`)."""
+    """Stage 7, 8, 9, 10, 12 or 13 (`settings`): `start` (its head grown, or deepened, if
+    settings say so) fine-tuned on the rows of settings' prompt files (`stage_parts`), read
+    from the .work of `rows_from` folders that have them, else built in its own (only
+    `shard`'s part of them, and no training, with `shard`)."""
     import mlx.core as mx
     import numpy as np
 
@@ -385,15 +385,32 @@ def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Pa
         b = RowBuilder(target, tokenizer, ids, rows, eos, held, rep,
                        settings.get("temperature", 0.0), settings.get("sample_seed", 0),
                        settings.get("gen_batch", STAGE2["gen_batch"]))
-        parts = [p for name in settings["prompts"]
-                 for p in prompt_parts(b, [*(Path(r) / ".work" for r in rows_from), work],
-                                       HERE / name, shards)]
+        parts, repeat = stage_parts(b, settings, [*(Path(r) / ".work" for r in rows_from), work],
+                                    shards)
         if shard is not None:
             return {"prompt_rows": sum(p.rows for p in parts)}
-        cache = JoinedCache(parts, [settings["prompt_repeat"]] * len(parts))
+        cache = JoinedCache(parts, repeat)
         result = finetune(drafter, target, cache, config, settings, work, rep)
     return finish(target, tokenizer, drafter, config, target_dir, out, result, held,
                   {"head": int(ids.size), "prompt_rows": cache.rows})
+
+
+def stage_parts(b: RowBuilder, settings: dict, works: list[Path], shards):
+    """(row caches, repeat of each) of a stage from a drafter: each file of settings' prompts
+    continued as `b` says (greedy, or sampled), each of its greedy_prompts also greedily;
+    a file's rows count file_repeat[file] times (else prompt_repeat)."""
+    import dataclasses
+
+    greedy = dataclasses.replace(b, temperature=0.0, seed=0)
+    parts, repeat = [], []
+    for builder, names in ((b, settings["prompts"]),
+                           (greedy, settings.get("greedy_prompts", ()))):
+        for name in names:
+            made = prompt_parts(builder, works, HERE / name, shards)
+            parts += made
+            repeat += [settings.get("file_repeat", {}).get(name, settings["prompt_repeat"])] \
+                * len(made)
+    return parts, repeat
 
 
 def stage_new_head(target, tokenizer, target_dir: Path, out: Path, start: Path,
@@ -457,12 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
                    (8, "stage 7, as shipped from commit e2fd4fe"),
                    (9, "stage 7, as for stage 8"), (10, "stage 9's OUT"),
                    (11, "stage 10, as shipped from commit c4d16e8"),
-                   (12, "stage 11, as shipped from commit 2c084b2")):
+                   (12, "stage 11, as shipped from commit 2c084b2"),
+                   (13, "stage 12, as shipped from commit 49d1a0a")):
         p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")
     p.add_argument("--rows-from", nargs="*", default=[], metavar="OUT",
-                   help="stages 7-12: read prompt rows from these earlier OUT folders' .work")
+                   help="stages 7-13: read prompt rows from these earlier OUT folders' .work")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -484,7 +502,7 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
         p.error("--set and --time-budget are stage 1's")
     start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
     if args.rows_from and not start:
-        p.error("--rows-from is for stages 7-12")
+        p.error("--rows-from is for stages 7-13")
     if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if start and (chain or len(start) > 1 or args.set or args.time_budget is not None

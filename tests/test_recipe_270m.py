@@ -31,7 +31,7 @@ import distill_gemma3_270m_settings as settings  # noqa: E402
     (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
     (["--stage10", "d", "--stage9", "d"], "no other --stageN"),
     (["--stage11", "d", "--stage10", "d"], "no other --stageN"),
-    (["--rows-from", "s8"], "stages 7-12"),
+    (["--rows-from", "s8"], "stages 7-13"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -109,6 +109,29 @@ def test_prompt_rows_are_read_from_the_earlier_stage_that_built_them(tmp_path):
     b.held = ["Autumn came early that year. The orchard"]
     with pytest.raises(ValueError, match="held-out prompt"):
         recipe.prompt_parts(b, [current], file, range(2))
+
+
+def test_stage_parts_continue_greedy_prompts_greedily_too_and_weigh_by_file(tmp_path,
+                                                                           monkeypatch):
+    """Stage 13's rows: every prompt file as the builder says (sampled), its greedy_prompts
+    also at T = 0 (their own folders), a file's rows counted file_repeat times."""
+    calls = []
+
+    def parts(b, works, file, shards):
+        calls.append((file.name, b.temperature, b.seed))
+        return [f"{file.stem}-{b.temperature:g}-{i}" for i in shards]
+
+    monkeypatch.setattr(recipe, "prompt_parts", parts)
+    b = recipe.RowBuilder(None, CharTokenizer(), None, None, (), [], None, 0.7, 11)
+    settings = {"prompts": ["a.txt", "b.txt"], "greedy_prompts": ["b.txt"], "prompt_repeat": 1,
+                "file_repeat": {"b.txt": 2}}
+    got, repeat = recipe.stage_parts(b, settings, [tmp_path], range(2))
+    assert calls == [("a.txt", 0.7, 11), ("b.txt", 0.7, 11), ("b.txt", 0.0, 0)]
+    assert got == ["a-0.7-0", "a-0.7-1", "b-0.7-0", "b-0.7-1", "b-0-0", "b-0-1"]
+    assert repeat == [1, 1, 2, 2, 2, 2] and b.temperature == 0.7
+    stage13 = recipe.FROM_DRAFTER[13]
+    assert set(stage13["greedy_prompts"]) <= set(stage13["prompts"])
+    assert set(stage13["file_repeat"]) <= set(stage13["prompts"])
 
 
 def test_stage8_starts_from_the_finished_drafter_with_its_head_kept(tmp_path):
