@@ -153,13 +153,14 @@ class RowBuilder:
 
     def build(self, path: Path, plan, seed: int | None = None):
         from gemma_mtp_mlx.distill import target_fingerprint
-        from gemma_mtp_mlx.distill_greedy import build_greedy_cache
+        from gemma_mtp_mlx.distill_greedy import build_continuation_cache
 
         if self.temperature > 0 and seed is None:
             raise ValueError(f"{path}: sampled rows need a seed of their own")
-        return build_greedy_cache(self.target, path, plan, RECIPE.seq_len, self.ids, self.rows,
-                                  RECIPE.top_k, self.eos, target_fingerprint(self.target),
-                                  self.rep, temperature=self.temperature, seed=seed or 0)
+        return build_continuation_cache(
+            self.target, path, plan, RECIPE.seq_len, self.ids, self.rows, RECIPE.top_k,
+            self.eos, target_fingerprint(self.target), self.rep,
+            temperature=self.temperature, seed=seed or 0)
 
 
 def greedy_parts(b: RowBuilder, work: Path, stage1: Path, rounds, shards):

@@ -36,7 +36,7 @@ from mlx.utils import tree_flatten
 from . import distill_data as data
 from .decoding import Decoder, DraftSchedule, Session
 from .distill_cache import LiveTeacher, blas_threads, build_cache
-from .distill_greedy import CUTS, JoinedCache, build_greedy_cache, prefix_plan, prefix_sources
+from .distill_greedy import CUTS, JoinedCache, build_continuation_cache, prefix_plan, prefix_sources
 from .distill_train import TrainConfig, checkpoint_path, train
 from .models import gemma4_assistant
 
@@ -460,9 +460,9 @@ def greedy_rows(target, tokenizer, cfg: DistillConfig, work: Path, sampled, keep
     if not plan:
         raise ValueError("no text to cut greedy prefixes from: raise --tokens")
     eos = tuple(sorted(getattr(tokenizer, "eos_token_ids", ()) or ()))
-    return build_greedy_cache(target, work / "greedy", plan, cfg.seq_len, head_ids,
-                              head_rows, cfg.top_k, eos, target_fingerprint(target), rep,
-                              dtype=cfg.cache_dtype)
+    return build_continuation_cache(target, work / "greedy", plan, cfg.seq_len, head_ids,
+                                    head_rows, cfg.top_k, eos, target_fingerprint(target), rep,
+                                    dtype=cfg.cache_dtype)
 
 
 def distill(

@@ -81,10 +81,10 @@ def prompt_plan(prompts: list[list[int]], batch: int, cuts=PROMPT_CUTS) -> list[
             for _, g in sorted(groups.items()) for i in range(0, len(g), batch)]
 
 
-def greedy_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarray,
-                 k: int, eos=(), sampling: tuple[float, int] | None = None) -> dict:
-    """Greedy continuations of `prefixes` [B, L] to `row_len` tokens (the argmax of the
-    target's whole head), with what the cache stores for every position (the arrays of
+def continue_batch(target, prefixes: np.ndarray, row_len: int, head_rows: np.ndarray,
+                   k: int, eos=(), sampling: tuple[float, int] | None = None) -> dict:
+    """The target's continuations of `prefixes` [B, L] to `row_len` tokens (greedy: the
+    argmax of its whole head), with what the cache stores for every position (the arrays of
     `distill_cache.teacher_pass` over `head_rows`, plus tokens and lengths: a row ends
     after its first EOS). `sampling` (temperature, seed): continuations sampled from the
     whole head at that temperature instead, the same for the same seed and prefixes."""
@@ -156,10 +156,11 @@ def sample_rows(logits: np.ndarray, temperature: float, rng: np.random.Generator
     return out
 
 
-def build_greedy_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
-                       head_ids: np.ndarray, head_rows: np.ndarray, k: int = 32, eos=(),
-                       target_key: str = "", progress=None, dtype=np.float16,
-                       temperature: float = 0.0, seed: int = 0) -> TeacherCache:
+def build_continuation_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
+                             head_ids: np.ndarray, head_rows: np.ndarray, k: int = 32,
+                             eos=(), target_key: str = "", progress=None,
+                             dtype=np.float16, temperature: float = 0.0,
+                             seed: int = 0) -> TeacherCache:
     """Generate and label every batch of `plan` into a teacher cache at `path` (the
     teacher over the drafter's vocabulary `head_ids`, whose head rows are `head_rows`);
     resumes an interrupted build, refuses one of another plan. `temperature` > 0: rows
@@ -188,7 +189,7 @@ def build_greedy_cache(target, path: Path, plan: list[np.ndarray], row_len: int,
         hi = lo + len(prefixes)
         if hi > meta["done"]:
             sampling = (temperature, seed + j) if temperature > 0 else None
-            got = greedy_batch(target, prefixes, row_len, head_rows, k, eos, sampling)
+            got = continue_batch(target, prefixes, row_len, head_rows, k, eos, sampling)
             for name, value in got.items():
                 arrays[name][lo:hi] = value.astype(arrays[name].dtype)
                 arrays[name].flush()

@@ -13,8 +13,8 @@ from gemma_mtp_mlx.distill_greedy import (
     GUMBEL_REACH,
     NOISE_GRID,
     JoinedCache,
-    build_greedy_cache,
-    greedy_batch,
+    build_continuation_cache,
+    continue_batch,
     gumbel_noise,
     prefix_plan,
     prompt_plan,
@@ -41,7 +41,7 @@ def test_rows_are_the_targets_greedy_text_with_its_teacher_labels():
     target = tiny()
     ids, rows, _, _ = data()
     pre = prefixes()
-    got = greedy_batch(target, pre, ROW, rows, K)
+    got = continue_batch(target, pre, ROW, rows, K)
     np.testing.assert_array_equal(got["tokens"][:, :6], pre)
     # every generated token is the whole head's argmax after the tokens before it
     np.testing.assert_array_equal(got["tokens"][:, 6:], full_argmax(target, got["tokens"])[:, 5:-1])
@@ -56,10 +56,10 @@ def test_a_row_ends_after_its_first_eos():
     target = tiny()
     _, rows, _, _ = data()
     pre = prefixes()
-    plain = greedy_batch(target, pre, ROW, rows, K)
+    plain = continue_batch(target, pre, ROW, rows, K)
     eos = int(plain["tokens"][0, 8])
     first = 6 + int(np.nonzero(plain["tokens"][0, 6:] == eos)[0][0])
-    got = greedy_batch(target, pre, ROW, rows, K, eos=(eos,))
+    got = continue_batch(target, pre, ROW, rows, K, eos=(eos,))
     assert got["lengths"][0] == first + 1
     assert (got["tokens"][0, first + 1 :] == 0).all()
     np.testing.assert_array_equal(got["tokens"][0, : first + 1], plain["tokens"][0, : first + 1])
@@ -89,18 +89,18 @@ def test_greedy_cache_resumes_refuses_another_plan_and_joins(tmp_path):
     target = tiny()
     ids, rows, tokens, lengths = data()
     plan = [prefixes(2, 6, 0), prefixes(2, 8, 1)]
-    whole = build_greedy_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K)
+    whole = build_continuation_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K)
 
     with pytest.raises(Stop):
-        build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
-                           progress=StopAt(1))
+        build_continuation_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
+                                 progress=StopAt(1))
     assert TeacherCache(tmp_path / "part").done == 2
-    resumed = build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K)
+    resumed = build_continuation_cache(target, tmp_path / "part", plan, ROW, ids, rows, K)
     for name in whole.arrays:
         np.testing.assert_array_equal(whole[name], resumed[name])
     assert whole.meta["tokens_hash"]
     with pytest.raises(ValueError, match="another plan"):
-        build_greedy_cache(target, tmp_path / "part", plan[::-1], ROW, ids, rows, K)
+        build_continuation_cache(target, tmp_path / "part", plan[::-1], ROW, ids, rows, K)
 
     other = build_cache(target, tmp_path / "teacher", tokens[:, :ROW].copy(),
                         np.minimum(lengths, ROW), ids, rows, K)
@@ -119,14 +119,14 @@ def test_sampled_rows_are_seeded_carry_their_teacher_labels_and_follow_the_tempe
     target = tiny()
     _, rows, _, _ = data()
     pre = prefixes(4, 6, 2)
-    a = greedy_batch(target, pre, ROW, rows, K, sampling=(1.0, 7))
-    again = greedy_batch(target, pre, ROW, rows, K, sampling=(1.0, 7))
-    other = greedy_batch(target, pre, ROW, rows, K, sampling=(1.0, 8))
+    a = continue_batch(target, pre, ROW, rows, K, sampling=(1.0, 7))
+    again = continue_batch(target, pre, ROW, rows, K, sampling=(1.0, 7))
+    other = continue_batch(target, pre, ROW, rows, K, sampling=(1.0, 8))
     np.testing.assert_array_equal(a["tokens"], again["tokens"])
     assert (a["tokens"] != other["tokens"]).any()
-    greedy = greedy_batch(target, pre, ROW, rows, K)
+    greedy = continue_batch(target, pre, ROW, rows, K)
     assert (a["tokens"][:, 6:] != greedy["tokens"][:, 6:]).mean() > 0.3  # T = 1 really samples
-    cold = greedy_batch(target, pre, ROW, rows, K, sampling=(1e-4, 7))
+    cold = continue_batch(target, pre, ROW, rows, K, sampling=(1e-4, 7))
     np.testing.assert_array_equal(cold["tokens"], greedy["tokens"])  # T -> 0: the argmax
     ref = teacher_pass(target, a["tokens"], rows, K)  # labels of the sampled text itself
     for name in ("hidden", "kv_full_attention", "top_logp"):
@@ -137,24 +137,24 @@ def test_sampled_cache_resumes_the_same_draws_and_refuses_another_seed(tmp_path)
     target = tiny()
     ids, rows, _, _ = data()
     plan = [prefixes(2, 6, 0), prefixes(2, 8, 1)]
-    whole = build_greedy_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K,
-                               temperature=0.7, seed=3)
+    whole = build_continuation_cache(target, tmp_path / "whole", plan, ROW, ids, rows, K,
+                                     temperature=0.7, seed=3)
     with pytest.raises(Stop):
-        build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
-                           progress=StopAt(1), temperature=0.7, seed=3)
-    resumed = build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
-                                 temperature=0.7, seed=3)
+        build_continuation_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
+                                 progress=StopAt(1), temperature=0.7, seed=3)
+    resumed = build_continuation_cache(target, tmp_path / "part", plan, ROW, ids, rows, K,
+                                       temperature=0.7, seed=3)
     np.testing.assert_array_equal(whole["tokens"], resumed["tokens"])
     for j, p in enumerate(plan):  # batch j drawn at the temperature with seed + j
-        np.testing.assert_array_equal(whole["tokens"][2 * j : 2 * j + 2], greedy_batch(
+        np.testing.assert_array_equal(whole["tokens"][2 * j : 2 * j + 2], continue_batch(
             target, p, ROW, rows, K, sampling=(0.7, 3 + j))["tokens"])
-    greedy = build_greedy_cache(target, tmp_path / "greedy", plan, ROW, ids, rows, K)
+    greedy = build_continuation_cache(target, tmp_path / "greedy", plan, ROW, ids, rows, K)
     assert (greedy["tokens"] != whole["tokens"]).any()
     # greedy caches keep the plan hash they had before sampled rows existed
     assert greedy.meta["plan_hash"] == _hash(np.concatenate([p.ravel() for p in plan]))
     for kw in ({"temperature": 0.7, "seed": 4}, {"temperature": 0.0}):
         with pytest.raises(ValueError, match="another plan"):
-            build_greedy_cache(target, tmp_path / "part", plan, ROW, ids, rows, K, **kw)
+            build_continuation_cache(target, tmp_path / "part", plan, ROW, ids, rows, K, **kw)
 
 
 def test_sample_rows_draws_the_softmax_at_the_temperature():
