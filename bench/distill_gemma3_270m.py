@@ -101,6 +101,15 @@ distill_gemma3_270m_settings.py). The package ships this stage's OUT:
     python bench/distill_gemma3_270m.py --out /work/runs/v12/drafter \\
         --target-dir /work/runs/g3_270m_pair/target \\
         --stage12 /tmp/stage11/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
+
+Stage 13 (`--stage13 DRAFTER`): stage 12 as shipped from 49d1a0a, fine-tuned on stage 12's
+rows (read from its OUT with `--rows-from`) and on greedy_prompts_8.txt's prompts continued
+both sampled at T = 0.7 and greedily, counted twice (`stage_parts`):
+
+    git archive 49d1a0a gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage12
+    python bench/distill_gemma3_270m.py --out /work/runs/v13/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v12/drafter \\
+        --stage13 /tmp/stage12/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
 """
 
 from __future__ import annotations
