@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 12, each fine-tuning the one before; the package ships stage 12.
+stage 1, then stages 2 to 14, each fine-tuning the one before; the package ships stage 13.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -95,7 +95,7 @@ OUT/.work/old-head). The package shipped this stage's OUT from 2c084b2 (session 
 Stage 12 (`--stage12 DRAFTER`): stage 11 as shipped from 2c084b2, its head kept, fine-tuned on
 rows the target *samples* at T = 0.7 (seeded, so rebuilt the same) from the prompts of stages
 10 and 11, built in OUT/.work (`--shard i` builds one part; the settings are in
-distill_gemma3_270m_settings.py). The package ships this stage's OUT:
+distill_gemma3_270m_settings.py). The package shipped this stage's OUT from 49d1a0a:
 
     git archive 2c084b2 gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage11
     python bench/distill_gemma3_270m.py --out /work/runs/v12/drafter \\
@@ -104,12 +104,21 @@ distill_gemma3_270m_settings.py). The package ships this stage's OUT:
 
 Stage 13 (`--stage13 DRAFTER`): stage 12 as shipped from 49d1a0a, fine-tuned on stage 12's
 rows (read from its OUT with `--rows-from`) and on greedy_prompts_8.txt's prompts continued
-both sampled at T = 0.7 and greedily, counted twice (`stage_parts`):
+both sampled at T = 0.7 and greedily, counted twice (`stage_parts`). The package ships this
+stage's OUT:
 
     git archive 49d1a0a gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage12
     python bench/distill_gemma3_270m.py --out /work/runs/v13/drafter \\
         --target-dir /work/runs/g3_270m_pair/target --rows-from /work/runs/v12/drafter \\
         --stage13 /tmp/stage12/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
+
+Stage 14 (`--stage14 STAGE13_OUT`): stage 13 fine-tuned on stages 12-13's rows and on
+greedy_prompts_9.txt's prompts (300 of 750 multilingual), sampled and greedy, counted twice:
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v14/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target \\
+        --rows-from /work/runs/v12/drafter /work/runs/v13/drafter \\
+        --stage14 /work/runs/v13/drafter [--shard 0|1]
 """
 
 from __future__ import annotations
