@@ -25,20 +25,29 @@ from gemma_mtp_mlx.loading import load_drafter, load_target
 HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
+def pair_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a counts script: the pair, K, tokens per prompt, the prompt file."""
+    p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", required=True)
     p.add_argument("--drafter", required=True)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--tokens", type=int, default=96)
     p.add_argument("--prompts", default=str(HELDOUT))
-    args = p.parse_args(argv)
+    return p
+
+
+def load_pair(args):
+    """(target, tokenizer, float32 drafter) named by `pair_parser`'s options."""
     from mlx_lm.utils import load_tokenizer
 
-    target = load_target(args.target)
-    tokenizer = load_tokenizer(Path(args.target))
-    drafter = load_drafter(args.drafter, mx.float32)
+    return (load_target(args.target), load_tokenizer(Path(args.target)),
+            load_drafter(args.drafter, mx.float32))
+
+
+def main(argv=None):
+    args = pair_parser(__doc__).parse_args(argv)
+    target, tokenizer, drafter = load_pair(args)
     by_domain: dict[str, list[list[int]]] = {}
     for domain, text in parse_prompts(Path(args.prompts).read_text(encoding="utf-8")):
         by_domain.setdefault(domain, []).append(list(tokenizer.encode(text)))

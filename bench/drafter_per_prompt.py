@@ -11,50 +11,36 @@ figures (same loop, same counts).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import common as C  # noqa: F401  (puts the repository on sys.path)
-import mlx.core as mx
 import numpy as np
+from drafter_counts import load_pair, pair_parser
 
 from gemma_mtp_mlx.decoding import Decoder, Session
 from gemma_mtp_mlx.distill_cache import blas_threads
 from gemma_mtp_mlx.distill_data import parse_prompts
-from gemma_mtp_mlx.loading import load_drafter, load_target
 from gemma_mtp_mlx.schedule import DraftSchedule
-
-HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
 
 def one_prompt(target, drafter, head: set, prompt: list[int], k: int, tokens: int) -> dict:
     """One greedy continuation at K = k: its counts and the tokens outside `head`."""
-    emitted, kept = [], np.zeros(k + 1, int)
+    emitted, kept, by_verifies = [], np.zeros(k + 1, int), 0
     decoder = Decoder(target, drafter)
     for ev in decoder.generate(Session(target), prompt, tokens, DraftSchedule(fixed=k)):
         emitted += ev.tokens
-        if ev.round is not None and ev.round.draft_len > 0:
+        if ev.round is not None and ev.round.draft_len > 0:  # as distill.evaluate counts
             kept[ev.round.accepted] += 1
-    return {"tokens_per_verify": round(len(emitted) / max(kept.sum(), 1), 2),
+            by_verifies += ev.round.emitted
+    return {"tokens_per_verify": round(by_verifies / max(kept.sum(), 1), 2),
             "kept_histogram": kept.tolist(), "tokens": len(emitted),
             "outside_head": [t for t in emitted if t not in head]}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", required=True)
-    p.add_argument("--drafter", required=True)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--tokens", type=int, default=96)
-    p.add_argument("--prompts", default=str(HELDOUT))
-    args = p.parse_args(argv)
-    from mlx_lm.utils import load_tokenizer
-
-    target = load_target(args.target)
-    tokenizer = load_tokenizer(Path(args.target))
-    drafter = load_drafter(args.drafter, mx.float32)
+    args = pair_parser(__doc__).parse_args(argv)
+    target, tokenizer, drafter = load_pair(args)
     head = set(np.array(drafter.draft_token_ids).tolist())
     outside = total = 0
     with blas_threads(1):
