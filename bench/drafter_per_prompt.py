@@ -24,18 +24,26 @@ from gemma_mtp_mlx.distill_data import parse_prompts
 from gemma_mtp_mlx.schedule import DraftSchedule
 
 
-def one_prompt(target, drafter, head: set, prompt: list[int], k: int, tokens: int) -> dict:
-    """One greedy continuation at K = k: its counts and the tokens outside `head`."""
-    emitted, kept, by_verifies = [], np.zeros(k + 1, int), 0
-    decoder = Decoder(target, drafter)
-    for ev in decoder.generate(Session(target), prompt, tokens, DraftSchedule(fixed=k)):
-        emitted += ev.tokens
+def greedy_rounds(target, drafter, prompt: list[int], k: int, tokens: int):
+    """Greedy speculative decoding of `prompt` at K = k: the text (prompt included) and each
+    drafting round as (start, RoundInfo), its drafts predicting text[start:]."""
+    text, rounds = list(prompt), []
+    for ev in Decoder(target, drafter).generate(Session(target), prompt, tokens,
+                                                 DraftSchedule(fixed=k)):
         if ev.round is not None and ev.round.draft_len > 0:  # as distill.evaluate counts
-            kept[ev.round.accepted] += 1
-            by_verifies += ev.round.emitted
-    return {"tokens_per_verify": round(by_verifies / max(kept.sum(), 1), 2),
-            "kept_histogram": kept.tolist(), "tokens": len(emitted),
-            "outside_head": [t for t in emitted if t not in head]}
+            rounds.append((len(text), ev.round))
+        text += ev.tokens
+    return text, rounds
+
+
+def one_prompt(target, drafter, head: set, prompt: list[int], k: int, tokens: int):
+    """One greedy continuation at K = k: its counts, and its tokens outside `head`."""
+    text, rounds = greedy_rounds(target, drafter, prompt, k, tokens)
+    kept = np.bincount(np.array([r.accepted for _, r in rounds], int), minlength=k + 1)
+    per_verify = sum(r.emitted for _, r in rounds) / max(len(rounds), 1)
+    counts = {"tokens_per_verify": round(per_verify, 2), "kept_histogram": kept.tolist(),
+              "tokens": len(text) - len(prompt)}
+    return counts, [t for t in text[len(prompt):] if t not in head]
 
 
 def main(argv=None):
@@ -45,12 +53,12 @@ def main(argv=None):
     outside = total = 0
     with blas_threads(1):
         for domain, text in parse_prompts(Path(args.prompts).read_text(encoding="utf-8")):
-            r = one_prompt(target, drafter, head, list(tokenizer.encode(text)), args.k,
-                           args.tokens)
-            outside, total = outside + len(r["outside_head"]), total + r["tokens"]
-            words = sorted({tokenizer.decode([t]) for t in r["outside_head"]})
-            print(json.dumps({"domain": domain, "prompt": text[:32], **r,
-                              "outside_head": len(r["outside_head"]), "outside_words": words},
+            counts, missed = one_prompt(target, drafter, head, list(tokenizer.encode(text)),
+                                        args.k, args.tokens)
+            outside, total = outside + len(missed), total + counts["tokens"]
+            words = sorted({tokenizer.decode([t]) for t in missed})
+            print(json.dumps({"domain": domain, "prompt": text[:32], **counts,
+                              "outside_head": len(missed), "outside_words": words},
                              ensure_ascii=False), flush=True)
     print(json.dumps({"outside_head": outside, "tokens": total}), flush=True)
 

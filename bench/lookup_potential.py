@@ -18,11 +18,10 @@ from pathlib import Path
 
 import common as C  # noqa: F401  (puts the repository on sys.path)
 from drafter_counts import load_pair, pair_parser
+from drafter_per_prompt import greedy_rounds
 
-from gemma_mtp_mlx.decoding import Decoder, Session
 from gemma_mtp_mlx.distill_cache import blas_threads
 from gemma_mtp_mlx.distill_data import parse_prompts
-from gemma_mtp_mlx.schedule import DraftSchedule
 
 
 def lookup_draft(seq: list[int], i: int, n: int, k: int) -> list[int] | None:
@@ -30,7 +29,7 @@ def lookup_draft(seq: list[int], i: int, n: int, k: int) -> list[int] | None:
     key = seq[i - n : i]
     for j in range(i - 1, n - 1, -1):
         if seq[j - n : j] == key:
-            return seq[j : min(j + k, i)] or None
+            return seq[j : min(j + k, i)]  # j < i: never empty
     return None
 
 
@@ -42,17 +41,6 @@ def kept(draft: list[int] | None, seq: list[int], i: int) -> int:
     return n
 
 
-def rounds(target, drafter, prompt: list[int], k: int, tokens: int):
-    """The greedy text (prompt included) and each drafter round's (start, drafts kept)."""
-    seq, starts = list(prompt), []
-    for ev in Decoder(target, drafter).generate(Session(target), prompt, tokens,
-                                                 DraftSchedule(fixed=k)):
-        if ev.round is not None and ev.round.draft_len > 0:
-            starts.append((len(seq), ev.round.accepted))  # its drafts predict seq[start:]
-        seq += ev.tokens
-    return seq, starts
-
-
 def main(argv=None):
     p = pair_parser(__doc__)
     p.add_argument("--ngram", type=int, default=2)
@@ -61,10 +49,11 @@ def main(argv=None):
     totals: dict[str, list[int]] = {}
     with blas_threads(1):
         for domain, text in parse_prompts(Path(args.prompts).read_text(encoding="utf-8")):
-            seq, starts = rounds(target, drafter, list(tokenizer.encode(text)), args.k,
-                                 args.tokens)
+            seq, rounds = greedy_rounds(target, drafter, list(tokenizer.encode(text)), args.k,
+                                        args.tokens)
             t = totals.setdefault(domain, [0, 0, 0, 0, 0])  # rounds, drafter, lookup, rule, found
-            for i, by_drafter in starts:
+            for i, r in rounds:
+                by_drafter = r.accepted
                 draft = lookup_draft(seq, i, args.ngram, args.k)
                 by_lookup = kept(draft, seq, i)
                 t[0] += 1
