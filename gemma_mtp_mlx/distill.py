@@ -389,6 +389,9 @@ class Reporter:
         task = self.add_task("training", total=steps)
 
         def report(step, loss, top1):
+            state = self.tasks[task]
+            if state[2] == 0:  # the first step reported: a resumed run starts after its last
+                state[2] = state[4] = step - 1
             self.update(task, step, f"loss {loss:.3f} top1 " + " ".join(f"{a:.2f}" for a in top1))
 
         return report

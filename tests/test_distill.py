@@ -332,3 +332,24 @@ def test_a_deepened_drafter_drafts_exactly_as_before_and_can_learn():
     assert float(mx.abs(grads["model.layers.1.post_feedforward_layernorm.weight"]).sum()) > 0
     with pytest.raises(ValueError, match="has 4 layers already"):
         deepen(deep, deep_cfg, 3)
+
+
+def test_training_eta_counts_only_the_steps_of_this_run(monkeypatch):
+    """A run resumed at step 162 of 300 whose first step takes 10 s: 138 steps left, ETA
+    23 min (not 138 x 10 s / 163 steps from step 0)."""
+    import io
+
+    from rich.console import Console
+
+    from gemma_mtp_mlx import distill
+    from gemma_mtp_mlx.distill import Reporter
+
+    clock = iter([0.0, 10.0, 20.0])
+    monkeypatch.setattr(distill.time, "perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    report = Reporter(Console(file=out, width=160), every=0.0).training(300)
+    report(163, 1.0, [0.5])
+    report(164, 1.0, [0.5])
+    first, second = out.getvalue().splitlines()
+    assert "163/300 (10 s, ETA 22.8 min)" in first
+    assert "164/300 (20 s, ETA 22.7 min)" in second
