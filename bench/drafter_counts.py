@@ -34,6 +34,8 @@ def pair_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--tokens", type=int, default=96)
     p.add_argument("--prompts", default=str(HELDOUT))
+    p.add_argument("--lookup", action="store_true",
+                   help="drafts copied from the context where its last tokens recur (lookup.py)")
     return p
 
 
@@ -53,7 +55,7 @@ def main(argv=None):
         by_domain.setdefault(domain, []).append(list(tokenizer.encode(text)))
     emitted = verifies = 0
     for domain, prompts in by_domain.items():
-        r = evaluate(target, drafter, prompts, args.k, args.tokens)
+        r = evaluate(target, drafter, prompts, args.k, args.tokens, args.lookup)
         print(domain, json.dumps(r), flush=True)
         emitted += r["tokens_per_verify"] * r["verifies"]
         verifies += r["verifies"]

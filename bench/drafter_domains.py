@@ -28,10 +28,13 @@ from gemma_mtp_mlx.schedule import ScheduleMemory, make_schedule
 HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
 
-def run(target, drafter, prompt, n, k, temperature, seed, eos, memory=None):
-    """(tokens, decode seconds, verify rounds, emitted in them, drafted, accepted)."""
+def run(target, drafter, prompt, n, k, temperature, seed, eos, memory=None, lookup=False,
+        lookup_memory=None):
+    """(tokens, decode seconds, verify rounds, emitted in them, drafted, accepted).
+    `lookup`, `lookup_memory`: decoding.Decoder's."""
     mx.random.seed(seed)
-    dec = Decoder(target, drafter, SamplingParams(temperature=temperature))
+    dec = Decoder(target, drafter, SamplingParams(temperature=temperature), lookup=lookup,
+                  lookup_memory=lookup_memory)
     schedule = make_schedule(k, drafter is not None, memory=memory)
     tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n, schedule, eos)
     verifies = [r for r in rounds if r.draft_len]
@@ -71,6 +74,8 @@ def main(argv=None):
     p.add_argument("--prompts", default=str(HELDOUT))
     p.add_argument("--domains", nargs="*", default=None)
     p.add_argument("--chat-template", action="store_true")
+    p.add_argument("--lookup", action="store_true",
+                   help="also drafts copied from the context where it repeats (lookup.py)")
     p.add_argument("--memory", action="store_true",
                    help="auto keeps one ScheduleMemory per temperature across all prompts, "
                         "in file order, as the product keeps one per drafter across requests "
@@ -100,6 +105,7 @@ def main(argv=None):
         overall = {"totals": [0, 0, 0, 0], "plain": [0, 0.0], "draft": [0, 0.0], "same": True,
                    "emitted": []}
         memory = ScheduleMemory() if args.memory else None
+        lookup_memory = ScheduleMemory() if args.memory else None
         for domain, prompts in by_domain.items():
             speeds = {"plain": [], "draft": []}
             totals, emitted = [0, 0, 0, 0], []
@@ -110,9 +116,11 @@ def main(argv=None):
                     n_tok, secs = 0, 0.0
                     for i, prompt in enumerate(prompts):
                         seed = 1000 * r + i
-                        toks, dt, *counts = run(target, drafter if use == "draft" else None,
+                        drafts = use == "draft"
+                        toks, dt, *counts = run(target, drafter if drafts else None,
                                                 prompt, args.tokens, args.k, temperature,
-                                                seed, eos, memory if use == "draft" else None)
+                                                seed, eos, memory if drafts else None,
+                                                args.lookup, lookup_memory)
                         n_tok += len(toks) - 1
                         secs += dt
                         if use == "plain" and r == 0:
@@ -144,7 +152,8 @@ def main(argv=None):
     notes = (f"Target {args.target}, drafter {args.drafter}, {target.dtype}; held-out prompts "
              f"({args.prompts}), up to {args.tokens} new tokens each (EOS stops), {args.runs} "
              "runs alternated, medians of per-domain tok/s"
-             + ("; auto's memory kept across prompts." if args.memory else "."))
+             + ("; auto's memory kept across prompts" if args.memory else "")
+             + ("; with lookup drafts." if args.lookup else "."))
     C.report("Distilled drafter on real weights, per domain", body, args.append, notes)
 
 

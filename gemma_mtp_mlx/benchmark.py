@@ -112,10 +112,11 @@ def bench_modes(drafting: bool, fixed: tuple[int, ...]) -> list[tuple[str, str |
     return modes + [(f"mtp k={k}", k) for k in dict.fromkeys(fixed)]
 
 
-def run_bench(engine, texts, max_tokens, runs, num_draft, on_row=None):
+def run_bench(engine, texts, max_tokens, runs, num_draft, on_row=None, lookup=True):
     """Each prompt with and without the drafter (and each fixed K), greedy, `runs` times:
     one row of medians per prompt and mode, and every run that differs from plain decoding.
-    `on_row(row, of)`: called as each row is done (`of`: how many rows there will be)."""
+    `on_row(row, of)`: called as each row is done (`of`: how many rows there will be).
+    `lookup`: Request.lookup of the drafting modes."""
     import mlx.core as mx
 
     from .request import Request
@@ -123,14 +124,15 @@ def run_bench(engine, texts, max_tokens, runs, num_draft, on_row=None):
     modes = bench_modes(engine.drafting, tuple(num_draft))
     prompt_ids = [engine.encode(t) for t in texts]
     for _, draft in modes:  # warm up: compile kernels, allocate
-        engine.run(prompt_ids[0], Request(max_tokens=min(8, max_tokens), draft=draft))
+        engine.run(prompt_ids[0], Request(max_tokens=min(8, max_tokens), draft=draft,
+                                          lookup=lookup))
 
     rows, mismatches = [], []
     for p, ids in enumerate(prompt_ids, 1):
         reference = None
         base_speed = None
         for name, draft in modes:
-            request = Request(max_tokens=max_tokens, draft=draft)
+            request = Request(max_tokens=max_tokens, draft=draft, lookup=lookup)
             results = []
             for _ in range(runs):
                 if hasattr(mx, "reset_peak_memory"):

@@ -230,10 +230,11 @@ class Calibration:
         return self.discrepancy[max(ranges)] if ranges else {}
 
     # -- the schedules' memory, persistence --------------------------------------------
-    def schedule_memory(self, drafter: str, greedy: bool) -> ScheduleMemory:
-        """What `auto` learned for this target with `drafter` (greedy and sampled apart)."""
-        return self.schedules.setdefault(f"{drafter}|{'greedy' if greedy else 'sampled'}",
-                                         ScheduleMemory())
+    def schedule_memory(self, drafter: str, greedy: bool, lookup: bool = False) -> ScheduleMemory:
+        """What `auto` learned for this target with `drafter` (greedy and sampled apart;
+        `lookup`: of the rounds that copy their drafts, decoding.Decoder's `lookup`)."""
+        key = f"{drafter}|{'greedy' if greedy else 'sampled'}" + ("|lookup" if lookup else "")
+        return self.schedules.setdefault(key, ScheduleMemory())
 
     def to_dict(self) -> dict:
         def keyed(d):

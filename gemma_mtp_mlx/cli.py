@@ -33,6 +33,7 @@ from .cli_options import (
     MinPOpt,
     ModelOpt,
     NoDraftOpt,
+    NoLookupOpt,
     NumDraftOpt,
     RecalibrateOpt,
     Schedule,
@@ -95,10 +96,11 @@ def draft_policy(no_draft: bool, num_draft: int | None, schedule: Schedule | Non
 
 
 def make_request(max_tokens: int, *, sampling: SamplingParams | None = None, draft=None,
-                 stop: list[str] | None = None, ignore_eos: bool = False) -> Request:
+                 stop: list[str] | None = None, ignore_eos: bool = False,
+                 no_lookup: bool = False) -> Request:
     """The one Request the command runs with, or a one-line error (exit 2)."""
     request = Request(max_tokens, sampling or SamplingParams(), draft, tuple(stop or ()),
-                      ignore_eos)
+                      ignore_eos, lookup=not no_lookup)
     try:
         request.validate()
     except ValueError as e:
@@ -177,6 +179,7 @@ def generate(
     seed: SeedOpt = None,
     raw: Annotated[bool, typer.Option("--raw", help="No chat template: the prompt as is.")] = False,
     no_draft: NoDraftOpt = False,
+    no_lookup: NoLookupOpt = False,
     num_draft: NumDraftOpt = None,
     draft_schedule: ScheduleOpt = None,
     ignore_eos: IgnoreEosOpt = False,
@@ -196,7 +199,8 @@ def generate(
     """Answer one prompt: the text streams to stdout, the stats go to stderr in one line."""
     sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     request = make_request(max_tokens, sampling=sampling, stop=stop, ignore_eos=ignore_eos,
-                           draft=draft_policy(no_draft, num_draft, draft_schedule))
+                           draft=draft_policy(no_draft, num_draft, draft_schedule),
+                           no_lookup=no_lookup)
     spec = model_spec(model, drafter, no_draft, dtype, max_context, recalibrate)
     if raw and system:
         fail("--system needs the chat template (drop --raw)", 2)
@@ -266,6 +270,7 @@ def chat(
     min_p: MinPOpt = 0.0,
     seed: SeedOpt = None,
     no_draft: NoDraftOpt = False,
+    no_lookup: NoLookupOpt = False,
     num_draft: NumDraftOpt = None,
     draft_schedule: ScheduleOpt = None,
     ignore_eos: IgnoreEosOpt = False,
@@ -280,7 +285,8 @@ def chat(
 
     sampling = SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     request = make_request(max_tokens, sampling=sampling, ignore_eos=ignore_eos,
-                           draft=draft_policy(no_draft, num_draft, draft_schedule))
+                           draft=draft_policy(no_draft, num_draft, draft_schedule),
+                           no_lookup=no_lookup)
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, max_context, recalibrate))
     check_drafting(engine, request)
     if not engine.has_chat_template:
@@ -328,6 +334,7 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Results as JSON on stdout.")] = False,
     drafter: DrafterOpt = None,
     no_draft: NoDraftOpt = False,
+    no_lookup: NoLookupOpt = False,
     dtype: DTypeOpt = None,
     recalibrate: RecalibrateOpt = False,
 ) -> None:
@@ -337,7 +344,7 @@ def bench(
     texts = load_prompts(prompts)
     engine = load_engine(model_spec(model, drafter, no_draft, dtype, recalibrate=recalibrate))
     rows, mismatches = run_bench(engine, texts, max_tokens, runs, num_draft or (),
-                                 on_row=bench_progress)
+                                 on_row=bench_progress, lookup=not no_lookup)
     from .calibration import describe
 
     if json_out:
@@ -386,6 +393,7 @@ def serve(
     ] = None,
     drafter: DrafterOpt = None,
     no_draft: NoDraftOpt = False,
+    no_lookup: NoLookupOpt = False,
     num_draft: NumDraftOpt = None,
     draft_schedule: ScheduleOpt = None,
     max_tokens: Annotated[
@@ -407,7 +415,8 @@ def serve(
     """An OpenAI-compatible server (chat and text completions, streaming) with the drafter."""
     from .fallback import BUNDLED_NAME, is_bundled
 
-    default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule))
+    default = make_request(max_tokens, draft=draft_policy(no_draft, num_draft, draft_schedule),
+                           no_lookup=no_lookup)
     cache_bytes = int(cache_gb * 1e9)  # counted in the memory check
     spec = replace(model_spec(model, drafter, no_draft, dtype, max_context, recalibrate),
                    reserved_bytes=cache_bytes)

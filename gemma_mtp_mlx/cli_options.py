@@ -36,6 +36,11 @@ DrafterOpt = Annotated[
 NoDraftOpt = Annotated[
     bool, typer.Option("--no-draft", help="Run the target alone (plain decoding).")
 ]
+NoLookupOpt = Annotated[
+    bool,
+    typer.Option("--no-lookup", help="Drafts from the drafter only (by default, where the "
+                 "text's last two tokens occurred before, what followed them is drafted)."),
+]
 NumDraftOpt = Annotated[
     int | None,
     typer.Option(

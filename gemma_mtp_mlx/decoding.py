@@ -10,6 +10,9 @@ verify take the same kernels wherever the backend allows (calibration.py). Where
 they may still round differently, greedy redoes a row whose top-2 margin is below
 the calibrated margin on the single-token path, which is plain decoding itself.
 (A prompt's prefill is one and the same pass with or without the drafter.)
+
+A round's drafts come from the drafter or, with `lookup`, from the conversation itself where
+its last tokens occurred before (lookup.py); the verify, acceptance and rollback are the same.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import mlx.core as mx
 
 from . import calibration as calib
 from .calibration import SCHEDULE_WIDTHS, Calibration, single_token_pass
+from .lookup import TokenHistory
 from .models.cache import cache_offset, rollback
 from .models.gemma4_assistant_host import HostDraftStep
 from .sampling import (
@@ -33,7 +37,14 @@ from .sampling import (
     speculative_accept,
     top2_margin,
 )
-from .schedule import MAX_DRAFT, AutoSchedule, DraftSchedule, ScheduleMemory, make_schedule
+from .schedule import (
+    MAX_DRAFT,
+    AutoSchedule,
+    DraftSchedule,
+    ScheduleMemory,
+    lookup_schedule,
+    make_schedule,
+)
 
 __all__ = ["AutoSchedule", "Decoder", "DraftSchedule", "Event", "RoundInfo", "Session"]
 
@@ -47,6 +58,7 @@ class RoundInfo:
     emitted: int  # tokens emitted (accepted + the target's own), after stops
     seconds: float
     redone: bool = False  # greedy row redone with the single-token path
+    source: str = "drafter"  # where the drafts came from: "drafter" or "lookup"
 
 
 @dataclass
@@ -66,6 +78,7 @@ class Session:
     cache: list = field(default_factory=list)
     pending: int | None = None  # last emitted token, not yet in the cache
     carry: mx.array | None = None
+    history: TokenHistory = field(default_factory=TokenHistory)  # cache tokens, then pending
 
     def __post_init__(self):
         if not self.cache:
@@ -92,6 +105,8 @@ class Decoder:
     `calibration`: the target's measured decode width, margins and width costs (see
     calibration.py); None measures it on first use and keeps it for this process.
     `schedule_memory`: what the auto schedule learned before (see `schedule()`).
+    `lookup`: drafts copied from the conversation where its last tokens recur (lookup.py),
+    scheduled apart (`lookup_memory`: what auto learned of them before).
     Test and benchmark overrides: `greedy_margin` (a fixed margin for every row; 0 turns
     the guard off), `verify_width` (an int: pad every verify to at least that many rows),
     `decode_width` (a fixed w0), `host_draft=False` (MLX's draft step even where numpy's
@@ -109,6 +124,8 @@ class Decoder:
         schedule_memory: ScheduleMemory | None = None,
         decode_width: int | None = None,
         host_draft: bool = True,
+        lookup: bool = False,
+        lookup_memory: ScheduleMemory | None = None,
     ):
         self.target = target
         self.drafter = drafter
@@ -122,6 +139,8 @@ class Decoder:
         self._checking = 0.0  # seconds of this round spent re-checking the calibration
         self._plain_run = False  # the last round was a plain step
         self.host_draft = host_draft
+        self.lookup = lookup and drafter is not None
+        self.lookup_memory = lookup_memory if lookup_memory is not None else ScheduleMemory()
         self._host = None  # (drafter, its HostDraftStep or None)
         if verify_width != "auto" and not 0 <= int(verify_width) <= MAX_DRAFT + 1:
             raise ValueError(f"verify width must be 'auto' or in 0..{MAX_DRAFT + 1}")
@@ -185,6 +204,17 @@ class Decoder:
             drafts.append(token.reshape(1))
         return drafts, (Proposal.stack(q, picks, columns) if q else None)
 
+    def copied_draft(self, tokens: list[int]) -> tuple[list[mx.array], Proposal | None]:
+        """`draft`'s result for drafts copied from the conversation (lookup.py): when sampling,
+        proposals with all their mass on the copied token, so each survives with probability
+        p(d) and a rejected one is replaced from p without d: exactly p again."""
+        drafts = [mx.array([t], dtype=mx.uint32) for t in tokens]
+        if self.sampling.greedy:
+            return drafts, None
+        k = len(tokens)
+        ids = mx.array(tokens, dtype=mx.int32)[:, None]
+        return drafts, Proposal(mx.ones((k, 1)), mx.zeros((k,), dtype=mx.int32), ids)
+
     def draft_step(self, session: Session):
         """This round's draft step: (token [1, 1], carry) -> (scores of the draftable tokens
         [C], their ids [C] or None, next carry); numpy's where it applies (`host_step`)."""
@@ -224,11 +254,13 @@ class Decoder:
         logits, hidden = self.target(padded[None], session.cache)
         return logits[0, :rows], hidden
 
-    def speculative_round(self, session: Session, k: int, fed: int, margin: float):
-        """Draft k tokens, verify them in one target pass of `fed` rows, keep the agreeing
-        prefix plus the target's own next token, and roll the cache back past the rest.
-        Returns (new tokens, drafts accepted, whether a row was redone)."""
-        drafts, q = self.draft(session, k)
+    def speculative_round(self, session: Session, k: int, fed: int, margin: float,
+                          copied: list[int] | None = None):
+        """Draft k tokens (or take the k `copied` ones), verify them in one target pass of
+        `fed` rows, keep the agreeing prefix plus the target's own next token, and roll the
+        cache back past the rest. Returns (new tokens, drafts accepted, whether a row was
+        redone)."""
+        drafts, q = self.draft(session, k) if copied is None else self.copied_draft(copied)
         inputs = mx.concatenate([mx.array([session.pending], dtype=mx.uint32), *drafts])
         logits, hidden = self.verify(session, inputs, fed)
         drafts = inputs[1:]
@@ -318,33 +350,35 @@ class Decoder:
         schedule: DraftSchedule | None = None,
         eos_ids: Iterable[int] = (),
     ) -> Iterator[Event]:
-        """Prefill `prompt` after whatever the session holds, then yield tokens as they come."""
+        """Prefill `prompt` after whatever the session holds, then yield tokens as they come.
+        `schedule`: the drafter's; lookup rounds get one of its kind (lookup_schedule)."""
         eos = set(eos_ids)
         schedule = schedule or DraftSchedule(fixed=0 if self.drafter is None else None)
+        lookups = lookup_schedule(schedule, self.lookup_memory) if self.lookup else None
         tokens = ([session.pending] if session.pending is not None else []) + list(prompt)
         if not tokens:
             raise ValueError("empty prompt")
         self.prepare(tokens)
         self._ahead, self._plain_run = None, False
         try:
-            yield from self._generate(session, tokens, max_tokens, schedule, eos)
+            yield from self._generate(session, tokens, max_tokens, (schedule, lookups), eos)
         finally:  # also when the consumer stops early (Ctrl-C, a closed pipe)
             rollback(session.cache, self._drop_ahead())
             if self.calibration is not None:
                 self.calibration.save()  # what was learned (a no-op when kept in memory)
 
-    def _generate(self, session, tokens, max_tokens, schedule, eos) -> Iterator[Event]:
+    def _generate(self, session, tokens, max_tokens, schedules, eos) -> Iterator[Event]:
         t0 = time.perf_counter()
         logits, hidden = self.step(session, tokens)
         first = self.pick(logits).item()
+        session.history.extend(tokens[session.pending is not None :] + [first])
         session.pending, session.carry = first, hidden
         generated = 1
         done = self._finish(first, generated, max_tokens, eos)
         yield Event([first], None, len(tokens), time.perf_counter() - t0, done)
         while not done:
-            t, self._checking = time.perf_counter(), 0.0
-            new, k, accepted, redone = self._round(session, schedule, max_tokens - generated)
-            schedule.update(k, accepted, time.perf_counter() - t - self._checking)  # not the check
+            t = time.perf_counter()
+            new, info = self._round(session, schedules, max_tokens - generated)
             kept = new
             for i, tok in enumerate(new):  # stop at the first EOS or the token budget
                 generated += 1
@@ -356,13 +390,25 @@ class Decoder:
             queued = self._drop_ahead() if done else 0
             rollback(session.cache, len(new) - len(kept) + queued)
             session.pending = kept[-1]
-            info = RoundInfo(k, accepted, len(kept), time.perf_counter() - t, redone)
+            session.history.extend(kept)
+            info.emitted, info.seconds = len(kept), time.perf_counter() - t
             yield Event(kept, info, finish_reason=done)
 
-    def _round(self, session, schedule, budget: int) -> tuple[list[int], int, int, bool]:
-        """One round: speculative when the schedule drafts and the round may run here, else a
-        plain step. Returns (new tokens, k drafted, accepted, redone)."""
-        k = min(schedule.next() if self.drafter is not None else 0, budget - 1)
+    def _round(self, session, schedules, budget: int) -> tuple[list[int], RoundInfo]:
+        """One round: speculative when a schedule drafts and the round may run here, else a
+        plain step; drafts copied from the conversation where it offers some and lookup is
+        on, else the drafter's. The schedule that chose learns from the round (its time
+        without any calibration check)."""
+        t, self._checking = time.perf_counter(), 0.0
+        schedule, lookups = schedules
+        copied = session.history.continuation(MAX_DRAFT) if lookups and budget > 1 else []
+        if copied:
+            schedule, source = lookups, "lookup"
+            copied = copied[: min(schedule.next(), budget - 1)]
+            k = len(copied)
+        else:
+            k = min(schedule.next() if self.drafter is not None else 0, budget - 1)
+            source, copied = "drafter", None
         plan = None
         if k > 0:
             rollback(session.cache, self._drop_ahead())  # a queued plain step is not wanted
@@ -372,11 +418,13 @@ class Decoder:
             # after a drafting round, it would cost that round two passes, and a lone K = 0
             # probe (which auto learns from) must cost what a plain step costs.
             ahead = budget > 1 and (self.drafter is None or self._plain_run)
-            self._plain_run = True
-            return [self.plain_step(session, run_ahead=ahead)], 0, 0, False
-        self._plain_run = False
-        new, accepted, redone = self.speculative_round(session, k, *plan)
-        return new, k, accepted, redone
+            self._plain_run, k, accepted, redone = True, 0, 0, False
+            new = [self.plain_step(session, run_ahead=ahead)]
+        else:
+            self._plain_run = False
+            new, accepted, redone = self.speculative_round(session, k, *plan, copied=copied)
+        schedule.update(k, accepted, time.perf_counter() - t - self._checking)
+        return new, RoundInfo(k, accepted, len(new), 0.0, redone, source if k else "drafter")
 
     def plain_step(self, session: Session, run_ahead: bool) -> int:
         """One step of plain decoding. With `run_ahead` the next step is queued before

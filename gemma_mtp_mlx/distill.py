@@ -277,17 +277,19 @@ def new_drafter(
 # -- evaluation with the real decoding loop -----------------------------------------------
 
 
-def evaluate(target, drafter, prompts: list[list[int]], k: int = 4, new_tokens: int = 48) -> dict:
-    """Greedy speculative decoding at fixed K: tokens per verify pass and acceptance.
+def evaluate(target, drafter, prompts: list[list[int]], k: int = 4, new_tokens: int = 48,
+             lookup: bool = False) -> dict:
+    """Greedy speculative decoding at fixed K: tokens per verify pass and acceptance (with
+    `lookup`, also of the verifies whose drafts were copied from the context: decoding.py).
     (One OpenBLAS thread: this counts tokens, it times nothing; see distill_cache.)"""
     with blas_threads(1):
-        return _evaluate(target, drafter, prompts, k, new_tokens)
+        return _evaluate(target, drafter, prompts, k, new_tokens, lookup)
 
 
-def _evaluate(target, drafter, prompts, k, new_tokens) -> dict:
-    emitted = verifies = drafted = accepted = 0
+def _evaluate(target, drafter, prompts, k, new_tokens, lookup) -> dict:
+    emitted = verifies = drafted = accepted = copied = 0
     for prompt in prompts:
-        decoder = Decoder(target, drafter)
+        decoder = Decoder(target, drafter, lookup=lookup)
         for ev in decoder.generate(Session(target), prompt, new_tokens, DraftSchedule(fixed=k)):
             r = ev.round
             if r is not None and r.draft_len > 0:
@@ -295,11 +297,13 @@ def _evaluate(target, drafter, prompts, k, new_tokens) -> dict:
                 verifies += 1
                 drafted += r.draft_len
                 accepted += r.accepted
-    return {
+                copied += r.source == "lookup"
+    counts = {
         "tokens_per_verify": emitted / max(verifies, 1),
         "acceptance": accepted / max(drafted, 1),
         "verifies": verifies,
     }
+    return counts | ({"lookup_verifies": copied} if lookup else {})
 
 
 # -- saving -------------------------------------------------------------------------------

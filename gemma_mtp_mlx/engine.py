@@ -155,17 +155,20 @@ class Engine:
 
     def decoder(self, request: Request, prompt_ids: list[int]):
         """A Decoder for one request, given the engine's calibration and, when it drafts,
-        what auto learned before with this drafter (greedy and sampled apart)."""
+        what auto learned before with this drafter (greedy and sampled apart, and of its
+        lookup rounds apart)."""
         from .decoding import Decoder
 
         drafter = self.drafter if request.drafts else None
         calibration = self.calibrated()
-        memory = None
+        memory = lookup_memory = None
         if calibration is not None and drafter is not None:
-            memory = calibration.schedule_memory(self.drafter_name or "",
-                                                 request.sampling.greedy)
+            name, greedy = self.drafter_name or "", request.sampling.greedy
+            memory = calibration.schedule_memory(name, greedy)
+            lookup_memory = calibration.schedule_memory(name, greedy, lookup=True)
         decoder = Decoder(self.target, drafter, request.sampling, calibration=calibration,
-                          schedule_memory=memory)
+                          schedule_memory=memory, lookup=request.lookup,
+                          lookup_memory=lookup_memory)
         decoder.prepare(prompt_ids)  # nothing left to measure: the calibration is given
         return decoder
 

@@ -73,8 +73,9 @@ def drafter_words(stats: Stats, drafting: bool) -> str:
         return "drafter off"
     if not rounds:
         return "drafter on · 0 draft rounds"
+    copied = f" ({stats.lookup_rounds} by lookup)" if stats.lookup_rounds else ""
     return (f"acceptance {_pct(stats.acceptance_rate)} "
-            f"({stats.mean_accepted_per_round:.2f}/round) · {rounds} draft rounds")
+            f"({stats.mean_accepted_per_round:.2f}/round) · {rounds} draft rounds{copied}")
 
 
 def stats_parts(

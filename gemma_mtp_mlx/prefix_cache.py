@@ -73,6 +73,7 @@ def resume(new_session, entry: Entry):
             c.values = old.values[..., : entry.aligned, :]
             c.offset = entry.aligned
             session.cache[i] = c
+    session.history.extend(entry.ids[: entry.aligned])  # what lookup drafts copy from
     return session
 
 

@@ -71,13 +71,16 @@ class ModelSpec:
 class Request:
     """One answer's settings. `draft`: None (the default: auto, or the heuristic when
     sampling with a seed, whose random draws must not follow timings), "auto",
-    "heuristic", "off", or a fixed draft length K."""
+    "heuristic", "off", or a fixed draft length K. `lookup`: where the context's last
+    tokens occurred before, draft what followed them there instead (lookup.py; whenever
+    the drafter drafts)."""
 
     max_tokens: int = 256
     sampling: SamplingParams = field(default_factory=SamplingParams)
     draft: int | str | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # run to max_tokens (benchmarks, tests)
+    lookup: bool = True
 
     def validate(self, drafting: bool = True) -> None:
         """Raise RequestError with a one-line reason when the request is not runnable."""

@@ -88,7 +88,8 @@ class AutoSchedule:
     Cost: a decayed mean of the measured wall time of rounds of each K; lengths
     not yet measured are extrapolated linearly from those that were.
     A round's time counts at most OUTLIER x the estimate so far (a one-off stall must not
-    hide a length for long).
+    hide a length for long). `min_len` 1: never 0 (lookup rounds, whose alternative is the
+    drafter's round, not a plain step).
     Probing: every `probe_every` rounds a neighbour of the best K is tried. A longer one
     backs off: each probe after which it is still not the best doubles the rounds until
     it is probed again (up to MAX_PROBE_GAP); a probe that keeps all its drafts, or after
@@ -99,6 +100,7 @@ class AutoSchedule:
     def __init__(
         self,
         max_len: int = 8,
+        min_len: int = 0,
         decay: float = 0.98,
         probe_every: int = 16,
         seed: int = 0,
@@ -106,6 +108,7 @@ class AutoSchedule:
         memory: ScheduleMemory | None = None,
     ):
         self.max_len = max_len
+        self.min_len = min_len
         self.decay = decay
         self.probe_every = probe_every
         self.rng = random.Random(seed)
@@ -150,10 +153,10 @@ class AutoSchedule:
         return max(c0 + slope * (k - k0), 1e-9)
 
     def best(self) -> int:
-        lengths = range(self.max_len + 1)
+        lengths = range(self.min_len, self.max_len + 1)
         rates = {k: self.expected_tokens(k) / self.expected_cost(k) for k in lengths}
         best = max(rates, key=rates.get)
-        return best if rates[best] >= DRAFT_GAIN * rates[0] else 0
+        return 0 if 0 in rates and rates[best] < DRAFT_GAIN * rates[0] else best
 
     def next(self) -> int:
         m = self.memory
@@ -161,7 +164,7 @@ class AutoSchedule:
         choice, self.probing = self.best(), None
         self.current_best = choice
         if m.rounds % self.probe_every == 0:  # re-probe a neighbour, unless it backs off
-            step = {0: 1, self.max_len: -1}.get(choice) or self.rng.choice((-1, 1))
+            step = {self.min_len: 1, self.max_len: -1}.get(choice) or self.rng.choice((-1, 1))
             probe = choice + step
             if probe < choice or m.rounds >= m.next_probe.get(probe, 0):
                 choice = self.probing = probe
@@ -210,3 +213,18 @@ def make_schedule(
     if spec is None or spec == "auto":
         return AutoSchedule(memory=memory)
     return DraftSchedule(fixed=int(spec))
+
+
+def lookup_schedule(drafter_schedule, memory: ScheduleMemory | None = None):
+    """The schedule of lookup rounds (lookup.py), of the drafter schedule's kind: the same
+    fixed K, a heuristic of its own, or auto learning into `memory` apart from the drafter
+    (a lookup draft costs no draft step and is kept at its own rates). None where the
+    drafter's never drafts. Auto's lookup rounds never choose 0: where a lookup draft
+    exists it replaces the drafter's (bench/lookup_potential.py)."""
+    if isinstance(drafter_schedule, AutoSchedule):
+        return AutoSchedule(max_len=drafter_schedule.max_len, min_len=1, memory=memory)
+    if drafter_schedule.fixed == 0:
+        return None
+    if drafter_schedule.fixed is not None:
+        return DraftSchedule(fixed=drafter_schedule.fixed)
+    return DraftSchedule(max_len=drafter_schedule.max_len)

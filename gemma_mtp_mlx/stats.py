@@ -73,6 +73,11 @@ class Stats:
         return out
 
     @property
+    def lookup_rounds(self) -> int:
+        """Draft rounds whose drafts were copied from the context (lookup.py)."""
+        return sum(r.source == "lookup" for r in self.draft_rounds)
+
+    @property
     def redone_rounds(self) -> int:
         """Draft rounds whose verify row was too close to a tie to trust, redone on the
         single-token path (greedy guard)."""
@@ -105,6 +110,7 @@ class Stats:
             ),
             "per_position_acceptance": [round(x, 4) for x in self.per_position_acceptance],
             "draft_rounds": len(self.draft_rounds),
+            "lookup_rounds": self.lookup_rounds,
             "draft_lengths": [r.draft_len for r in self.draft_rounds],
             "redone_rounds": self.redone_rounds,
             "redo_rate": _rounded(self.redo_rate if self.draft_rounds else None),

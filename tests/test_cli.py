@@ -30,7 +30,7 @@ JSON_KEYS = {
     "text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "tokens_per_s",
     "prefill_tokens_per_s", "ttft_s", "acceptance_rate", "mean_accepted_per_round",
     "per_position_acceptance", "draft_rounds", "draft_lengths", "peak_memory_gb", "drafter",
-    "load_s", "load_phases", "redone_rounds", "redo_rate", "decode_width",
+    "load_s", "load_phases", "redone_rounds", "redo_rate", "decode_width", "lookup_rounds",
 }  # fmt: skip
 TURN = re.compile(r"turn (\d+) · (\d+) tokens · .*?prefill (\d+) tok \(cached (\d+)\)")
 
@@ -124,6 +124,8 @@ def test_json_keys_and_drafting_changes_nothing(fixture, tmp_path, monkeypatch):
     drafted = json.loads(run(*base).stdout)
     plain = json.loads(run(*base, "--no-draft").stdout)
     fixed = json.loads(run(*base, "--num-draft", "3").stdout)
+    drafter_only = json.loads(run(*base, "--num-draft", "3", "--no-lookup").stdout)
+    assert drafter_only["token_ids"] == fixed["token_ids"] and drafter_only["lookup_rounds"] == 0
     assert JSON_KEYS <= drafted.keys()
     assert drafted["generated_tokens"] == len(drafted["token_ids"]) == 24
     assert drafted["token_ids"] == plain["token_ids"] == fixed["token_ids"]

@@ -148,6 +148,31 @@ def test_chat_continuation_equals_plain():
     assert fresh == outs[0][1]
 
 
+@pytest.mark.parametrize("schedule", [4, 1, "auto"])
+@pytest.mark.parametrize("name", PAIRS)
+def test_lookup_drafts_keep_greedy_output_equal_to_plain(name, schedule):
+    """Drafts copied from the context, right (the session's history already holds the answer
+    after the prompt, as if said before) and wrong (it holds each 2-gram of the answer
+    followed by another token): output equals plain decoding, and the history ends as what
+    it held + prompt + answer."""
+    p = pair(name)
+    prompt = reference(name)["prompt_ids"].tolist()
+    want = list(plain(name, "float32"))
+    vocab = p.target.vocab_size
+    wrong = [t for i in range(len(want) - 2) for t in (*want[i : i + 2], (want[i + 2] + 1) % vocab)]
+    for told in (prompt + want, wrong):
+        session = Session(p.target)
+        session.history.extend(told)
+        got, rounds, _, _ = run(p.target, p.drafter, prompt, schedule=make_schedule(schedule),
+                                session=session, lookup=True)
+        assert got == want
+        assert session.history.tokens == told + prompt + got
+        copied = [r for r in rounds if r.source == "lookup"]
+        assert len(copied) >= 5 and all(r.draft_len > 0 for r in copied)
+        kept = sum(r.accepted for r in copied)
+        assert kept >= len(want) // 3 if told is not wrong else kept == 0
+
+
 def test_empty_prompt_is_refused():
     p = pair("e2b_tiny")
     with pytest.raises(ValueError):
@@ -217,11 +242,13 @@ def resample_from_p(p_row, proposal, drafts, key):
     return K, sample(p_row(K), k_next).item()
 
 
-def speculative_pairs(p, prefix, params, draws, subset=False):
+def speculative_pairs(p, prefix, params, draws, subset=False, copied=False):
     """Counts of the first two tokens the loop emits after `prefix`, over `draws` repeats of
     speculative rounds (K alternating 2 and 3) from one prefilled cache, rolled back each time.
     `subset`: the drafter can draft only each row's 2nd to 6th most likely tokens (and 40
-    others), never the most likely one, which then comes from the residual alone."""
+    others), never the most likely one, which then comes from the residual alone.
+    `copied`: drafts copied as prompt lookup copies them (one-hot proposals), in turn the
+    likeliest path and each row's second likeliest token."""
     path = list(prefix)
     for _ in range(4):  # the reference path the soft drafter follows: greedy
         path.append(int(mx.argmax(forward_logits(p.target, path)[-1]).item()))
@@ -238,24 +265,33 @@ def speculative_pairs(p, prefix, params, draws, subset=False):
     session = Session(p.target)
     _, carry = decoder.step(session, prefix[:-1])
     base, counts = cache_offset(session.cache), np.zeros((p.target.vocab_size,) * 2)
+    second = np.argsort(-np.array(table), axis=-1)[:, 1].tolist()
+    copies = [path[len(prefix) :], second]
     for i in range(draws):
         session.pending, session.carry, emitted = prefix[-1], carry, []
         while len(emitted) < 2:
-            new, _, _ = decoder.speculative_round(session, 2 + i % 2, 3 + i % 2, 0.0)
+            k = 2 + i % 2
+            copy = copies[i % 3 % 2][len(emitted) :][:k] if copied else None
+            new, _, _ = decoder.speculative_round(session, k, k + 1, 0.0, copied=copy)
             emitted, session.pending = emitted + new, new[-1]
         counts[emitted[0], emitted[1]] += 1
         rollback(session.cache, cache_offset(session.cache) - base)
     return counts
 
 
-@pytest.mark.parametrize("path, subset", [("host", False), ("host", True), ("device", True)])
-def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch, path, subset):
+@pytest.mark.parametrize("path, subset, copied", [
+    ("host", False, False), ("host", True, False), ("device", True, False),
+    ("host", False, True),  # the device path's sparse residual: the subset case above
+])
+def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch, path, subset,
+                                                                  copied):
     """The loop's rejection sampling with a soft drafter, K = 2 and 3, temperature 0.7, top-p
     0.9 and min-p 0.1: chi-square of the first two emitted tokens' joint counts against the
     exact plain-sampling probabilities (49 possible pairs). A correct loop fails it by chance
     0.1 % of the time (seeded, so the verdict is fixed); the broken variant must fail it.
     `subset`: a drafter that scores a few tokens only, never the likeliest (sparse proposals).
-    `path`: sampling in numpy (MLX's CPU backend) or in MLX ops (Metal, CUDA)."""
+    `path`: sampling in numpy (MLX's CPU backend) or in MLX ops (Metal, CUDA).
+    `copied`: drafts copied from the context (prompt lookup), one-hot proposals."""
     import gemma_mtp_mlx.decoding as decoding
     from gemma_mtp_mlx import sampling
 
@@ -267,11 +303,12 @@ def test_in_loop_rejection_sampling_keeps_the_joint_distribution(monkeypatch, pa
     prefix = prompt + [int(mx.argmax(forward_logits(p.target, prompt)[-1]).item())]
     params = SamplingParams(temperature=0.7, top_p=0.9, min_p=0.1, seed=11)
     joint = exact_pair_distribution(p.target, prefix, params)
-    pairs = speculative_pairs(p, prefix, params, 800, subset)
+    pairs = speculative_pairs(p, prefix, params, 800, subset, copied)
     stat, crit = chi2_fits(pairs.ravel(), joint.ravel())
     assert stat < crit, (stat, crit)
     monkeypatch.setattr(decoding, "speculative_accept", resample_from_p)
-    stat, crit = chi2_fits(speculative_pairs(p, prefix, params, 400, subset).ravel(), joint.ravel())
+    broken = speculative_pairs(p, prefix, params, 400, subset, copied)
+    stat, crit = chi2_fits(broken.ravel(), joint.ravel())
     assert stat > crit, (stat, crit)  # measured: 4x the critical value at 800 draws
 
 

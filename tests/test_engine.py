@@ -155,7 +155,11 @@ def test_the_calibration_is_stored_reused_and_remeasured_on_request(tmp_path, mo
     stored = list((tmp_path / "calibration").glob("e2b_tiny-*.json"))
     assert [first.calibration.path] == stored
     learned = first.calibration.schedule_memory(first.drafter_name, greedy=True)
-    assert learned.rounds == len(answer.stats.rounds) > 0  # auto's rounds, kept
+    lookups = first.calibration.schedule_memory(first.drafter_name, greedy=True, lookup=True)
+    assert learned.rounds + lookups.rounds == len(answer.stats.rounds)  # auto's rounds, kept
+    assert learned.rounds > 0 and lookups.rounds == answer.stats.lookup_rounds
+    assert first.decoder(Request(), ids).lookup
+    assert not first.decoder(Request(lookup=False), ids).lookup
 
     second = Engine.load(spec, progress=False)
     again = second.run(ids, Request(max_tokens=24, ignore_eos=True))
@@ -164,7 +168,7 @@ def test_the_calibration_is_stored_reused_and_remeasured_on_request(tmp_path, mo
     assert again.token_ids == answer.token_ids
     # auto goes on from what the first engine learned (its rounds kept counting)
     memory = second.calibration.schedule_memory(second.drafter_name, greedy=True)
-    assert memory.rounds == learned.rounds + len(again.stats.rounds)
+    assert memory.rounds == learned.rounds + len(again.stats.rounds) - again.stats.lookup_rounds
 
     third = Engine.load(ModelSpec(spec.model, dtype="float32", recalibrate=True), progress=False)
     third.run(ids, Request(max_tokens=4, draft="off"))  # even a plain request measures it

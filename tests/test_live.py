@@ -39,7 +39,10 @@ def test_stats_line_words():
     parts += ["acceptance 40%", "2.00/round", "3 draft rounds", "peak", "finish length"]
     for part in parts:
         assert part in line, part
-    assert "warning" not in line and "redone" not in line
+    assert "warning" not in line and "redone" not in line and "lookup" not in line
+    stats.rounds[1].source = "lookup"
+    assert "3 draft rounds (1 by lookup)" in live.stats_line(stats, drafting=True)
+    assert stats.to_dict()["lookup_rounds"] == 1
     redone = live.stats_line(make_stats([(4, 4), (6, 2), (5, 0), (2, 1)], redone={1}), True)
     assert "1 redone (25%)" in redone
     plain = live.stats_line(make_stats([]), drafting=False)

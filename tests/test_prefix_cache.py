@@ -32,6 +32,7 @@ def test_a_resent_conversation_reuses_whole_chunks_exactly():
     follow = LONG + first + [7, 8, 9]
     session, kept = cache.take(follow)
     assert kept == PREFILL_CHUNK  # the answer and the partial chunk are prefilled again
+    assert session.history.tokens == LONG[:kept]  # what lookup drafts copy from
     cached = first_logits(session, follow[kept:])
     fresh = first_logits(e.new_session(), follow)
     assert mx.array_equal(cached, fresh).item()  # bit for bit

@@ -58,6 +58,7 @@ def drafter_proposal(q: mx.array, columns: np.ndarray | None, key: mx.array):
     (0, 3, None), (1, 3, None), (2, 3, [4, 1, 5]), (3, 3, [2, 0]),
     (4, 1, None), (5, 1, [4, 1, 5]),  # K = 1: the second token is the bonus, drawn from p1
     (6, 2, [[4, 1, 5], [0, 2, 3]]),  # each draft step can draft other tokens
+    (7, 2, [[3], [1]]),  # one-hot proposals: drafts copied from the context (prompt lookup)
 ])
 def test_rejection_sampling_keeps_target_distribution(seed, K, columns):
     """First emitted token ~ p0; second, when the first draft survived, ~ p1; with a drafter

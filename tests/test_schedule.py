@@ -9,6 +9,7 @@ from gemma_mtp_mlx.schedule import (
     AutoSchedule,
     DraftSchedule,
     ScheduleMemory,
+    lookup_schedule,
     make_schedule,
 )
 
@@ -36,10 +37,11 @@ def test_fixed_schedule():
         DraftSchedule(fixed=99)
 
 
-def simulate(alpha: float, cost, rounds: int = 300, seed: int = 0, memory=None) -> AutoSchedule:
+def simulate(alpha: float, cost, rounds: int = 300, seed: int = 0, memory=None,
+             min_len: int = 0) -> AutoSchedule:
     """Feed the schedule rounds from a drafter whose drafts survive with probability alpha."""
     rng = random.Random(seed)
-    s = AutoSchedule(seed=seed, memory=memory)
+    s = AutoSchedule(seed=seed, memory=memory, min_len=min_len)
     for _ in range(rounds):
         k = s.next()
         accepted = 0
@@ -124,3 +126,22 @@ def test_auto_does_not_draft_for_noise_when_rounds_cost_the_same():
     never exactly 0: drafting must promise DRAFT_GAIN more than plain, or noise decides."""
     s = simulate(0.0, lambda k: 1.0, rounds=600)
     assert s.choices[-300:].count(0) > 280
+
+
+def test_lookup_rounds_never_choose_zero_and_still_follow_acceptance():
+    """With min_len 1 (lookup rounds: the alternative is the drafter's round) a useless
+    lookup draft gets K = 1, not 0; a good one is drafted long."""
+    assert set(simulate(0.0, verify_cost, min_len=1).choices) <= {1, 2}
+    assert simulate(0.0, verify_cost, min_len=1).choices[-50:].count(1) > 40
+    assert min(simulate(0.98, lambda k: 1.0 + 0.05 * k, min_len=1).choices[-50:]) >= 6
+
+
+def test_lookup_schedule_is_of_the_drafter_schedules_kind():
+    memory = ScheduleMemory()
+    auto = lookup_schedule(AutoSchedule(max_len=6), memory)
+    assert isinstance(auto, AutoSchedule) and auto.min_len == 1 and auto.max_len == 6
+    assert auto.memory is memory
+    assert lookup_schedule(DraftSchedule(fixed=3)).next() == 3
+    heuristic = lookup_schedule(DraftSchedule())
+    assert heuristic.fixed is None and heuristic.next() == 4
+    assert lookup_schedule(DraftSchedule(fixed=0)) is None
