@@ -109,7 +109,7 @@ class Conversation:
 
     def _keep(self, keep: int) -> None:
         if keep < len(self.ids):
-            self.session.pending = None
+            self.session.drop_pending()
             self.ids = self.ids[:keep]
 
     def record(self, user_text: str, fed: list[int], answer: list[int], interrupted: bool):

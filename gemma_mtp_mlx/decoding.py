@@ -42,6 +42,7 @@ from .schedule import (
     AutoSchedule,
     DraftSchedule,
     ScheduleMemory,
+    Schedules,
     lookup_schedule,
     make_schedule,
 )
@@ -58,7 +59,9 @@ class RoundInfo:
     emitted: int  # tokens emitted (accepted + the target's own), after stops
     seconds: float
     redone: bool = False  # greedy row redone with the single-token path
-    source: str = "drafter"  # where the drafts came from: "drafter" or "lookup"
+    # which schedule chose the round: "drafter", "lookup" (drafts copied from the context),
+    # or "queued" (none: a plain step already under way went first)
+    source: str = "drafter"
 
 
 @dataclass
@@ -83,6 +86,12 @@ class Session:
     def __post_init__(self):
         if not self.cache:
             self.cache = self.target.make_cache(max_rollback=MAX_DRAFT + 1)
+
+    def drop_pending(self) -> None:
+        """Forget the pending token: the conversation ends where the cache does."""
+        if self.pending is not None:
+            self.pending = None
+            self.history.truncate(len(self.history) - 1)
 
     @property
     def length(self) -> int:
@@ -361,7 +370,8 @@ class Decoder:
         self.prepare(tokens)
         self._ahead, self._plain_run = None, False
         try:
-            yield from self._generate(session, tokens, max_tokens, (schedule, lookups), eos)
+            yield from self._generate(session, tokens, max_tokens, Schedules(schedule, lookups),
+                                      eos)
         finally:  # also when the consumer stops early (Ctrl-C, a closed pipe)
             rollback(session.cache, self._drop_ahead())
             if self.calibration is not None:
@@ -378,7 +388,8 @@ class Decoder:
         yield Event([first], None, len(tokens), time.perf_counter() - t0, done)
         while not done:
             t = time.perf_counter()
-            new, info = self._round(session, schedules, max_tokens - generated)
+            new, k, accepted, redone, source = self._round(session, schedules,
+                                                           max_tokens - generated)
             kept = new
             for i, tok in enumerate(new):  # stop at the first EOS or the token budget
                 generated += 1
@@ -391,24 +402,15 @@ class Decoder:
             rollback(session.cache, len(new) - len(kept) + queued)
             session.pending = kept[-1]
             session.history.extend(kept)
-            info.emitted, info.seconds = len(kept), time.perf_counter() - t
+            info = RoundInfo(k, accepted, len(kept), time.perf_counter() - t, redone, source)
             yield Event(kept, info, finish_reason=done)
 
-    def _round(self, session, schedules, budget: int) -> tuple[list[int], RoundInfo]:
+    def _round(self, session, schedules: Schedules, budget: int):
         """One round: speculative when a schedule drafts and the round may run here, else a
-        plain step; drafts copied from the conversation where it offers some and lookup is
-        on, else the drafter's. The schedule that chose learns from the round (its time
-        without any calibration check)."""
+        plain step. The schedule that chose learns from the round (its time without any
+        calibration check). Returns (new tokens, k drafted, accepted, redone, source)."""
         t, self._checking = time.perf_counter(), 0.0
-        schedule, lookups = schedules
-        copied = session.history.continuation(MAX_DRAFT) if lookups and budget > 1 else []
-        if copied:
-            schedule, source = lookups, "lookup"
-            copied = copied[: min(schedule.next(), budget - 1)]
-            k = len(copied)
-        else:
-            k = min(schedule.next() if self.drafter is not None else 0, budget - 1)
-            source, copied = "drafter", None
+        schedule, k, copied, source = self.choose_drafts(session, schedules, budget)
         plan = None
         if k > 0:
             rollback(session.cache, self._drop_ahead())  # a queued plain step is not wanted
@@ -417,14 +419,30 @@ class Decoder:
             # Queue the next step ahead only within a run of plain steps: queued by the first
             # after a drafting round, it would cost that round two passes, and a lone K = 0
             # probe (which auto learns from) must cost what a plain step costs.
-            ahead = budget > 1 and (self.drafter is None or self._plain_run)
+            ahead = budget > 1 and schedule is not None and (
+                self.drafter is None or self._plain_run)
             self._plain_run, k, accepted, redone = True, 0, 0, False
             new = [self.plain_step(session, run_ahead=ahead)]
         else:
             self._plain_run = False
             new, accepted, redone = self.speculative_round(session, k, *plan, copied=copied)
-        schedule.update(k, accepted, time.perf_counter() - t - self._checking)
-        return new, RoundInfo(k, accepted, len(new), 0.0, redone, source if k else "drafter")
+        if schedule is not None:
+            schedule.update(k, accepted, time.perf_counter() - t - self._checking)
+        return new, k, accepted, redone, source
+
+    def choose_drafts(self, session: Session, schedules: Schedules, budget: int):
+        """(the schedule that chooses, k, drafts copied from the context or None: the
+        drafter's, RoundInfo.source). A lookup draft wherever the context offers one
+        (lookup.py); but a plain step already queued (run ahead) goes first, with no schedule
+        and none queued after it, so the lookup round follows without wasting that pass."""
+        found = schedules.lookup and budget > 1 and session.history.continuation(MAX_DRAFT)
+        if found and self._ahead is not None:
+            return None, 0, None, "queued"
+        if found:
+            k = min(schedules.lookup.next(), budget - 1, len(found))
+            return schedules.lookup, k, found[:k], "lookup"
+        k = schedules.drafter.next() if self.drafter is not None else 0
+        return schedules.drafter, min(k, budget - 1), None, "drafter"
 
     def plain_step(self, session: Session, run_ahead: bool) -> int:
         """One step of plain decoding. With `run_ahead` the next step is queued before

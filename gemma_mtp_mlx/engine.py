@@ -165,7 +165,8 @@ class Engine:
         if calibration is not None and drafter is not None:
             name, greedy = self.drafter_name or "", request.sampling.greedy
             memory = calibration.schedule_memory(name, greedy)
-            lookup_memory = calibration.schedule_memory(name, greedy, lookup=True)
+            if request.lookup:
+                lookup_memory = calibration.schedule_memory(name, greedy, lookup=True)
         decoder = Decoder(self.target, drafter, request.sampling, calibration=calibration,
                           schedule_memory=memory, lookup=request.lookup,
                           lookup_memory=lookup_memory)

@@ -38,6 +38,11 @@ class TokenHistory:
             if at >= n:
                 self.follows[tuple(self.tokens[at - n : at])] = at
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens (the index built again)."""
+        tokens, self.tokens, self.follows = self.tokens[:n], [], {}
+        self.extend(tokens)
+
     def continuation(self, k: int) -> list[int]:
         """Up to k tokens that followed the last n-gram where it occurred before (the latest
         such place); [] where it did not. The last n-gram itself is not indexed yet (no

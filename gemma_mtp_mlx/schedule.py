@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_DRAFT = 16
 PRIOR = (3.0, 2.0)  # pseudo-counts (survived, failed) per position: 0.6 acceptance
@@ -213,6 +214,13 @@ def make_schedule(
     if spec is None or spec == "auto":
         return AutoSchedule(memory=memory)
     return DraftSchedule(fixed=int(spec))
+
+
+class Schedules(NamedTuple):
+    """A decoding loop's schedules: the drafter's, and that of lookup rounds (or None)."""
+
+    drafter: DraftSchedule | AutoSchedule
+    lookup: DraftSchedule | AutoSchedule | None = None
 
 
 def lookup_schedule(drafter_schedule, memory: ScheduleMemory | None = None):

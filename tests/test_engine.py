@@ -156,8 +156,9 @@ def test_the_calibration_is_stored_reused_and_remeasured_on_request(tmp_path, mo
     assert [first.calibration.path] == stored
     learned = first.calibration.schedule_memory(first.drafter_name, greedy=True)
     lookups = first.calibration.schedule_memory(first.drafter_name, greedy=True, lookup=True)
-    assert learned.rounds + lookups.rounds == len(answer.stats.rounds)  # auto's rounds, kept
-    assert learned.rounds > 0 and lookups.rounds == answer.stats.lookup_rounds
+    chosen = [r.source for r in answer.stats.rounds]
+    assert learned.rounds == chosen.count("drafter") > 0  # auto's rounds, kept
+    assert lookups.rounds == chosen.count("lookup") >= answer.stats.lookup_rounds
     assert first.decoder(Request(), ids).lookup
     assert not first.decoder(Request(lookup=False), ids).lookup
 
@@ -168,7 +169,8 @@ def test_the_calibration_is_stored_reused_and_remeasured_on_request(tmp_path, mo
     assert again.token_ids == answer.token_ids
     # auto goes on from what the first engine learned (its rounds kept counting)
     memory = second.calibration.schedule_memory(second.drafter_name, greedy=True)
-    assert memory.rounds == learned.rounds + len(again.stats.rounds) - again.stats.lookup_rounds
+    drafter_rounds = [r for r in again.stats.rounds if r.source == "drafter"]
+    assert memory.rounds == learned.rounds + len(drafter_rounds)
 
     third = Engine.load(ModelSpec(spec.model, dtype="float32", recalibrate=True), progress=False)
     third.run(ids, Request(max_tokens=4, draft="off"))  # even a plain request measures it
