@@ -6,7 +6,8 @@ greedily (q one-hot). Any q keeps the output exact; this asks which q is accepte
         --target /work/runs/g3_270m_pair/target \\
         --drafter ../gemma_mtp_mlx/data/gemma3-270m-drafter --scales 1 0 --seeds 1
 
-Counts only (held-out prompts, bench/heldout_prompts.txt); runs beside other work.
+Counts only (held-out prompts, bench/heldout_prompts.txt); runs beside other work. `--lookup`:
+also drafts copied from the context (decoding.Decoder's `lookup`), counted apart too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--lookup", action="store_true")
     args = p.parse_args(argv)
     from mlx_lm.utils import load_tokenizer
 
@@ -58,19 +60,22 @@ def main(argv=None):
             counts: dict[str, list[int]] = {}
             for domain, prompt in prompts:
                 dec = SharpenedDecoder(target, drafter,
-                                       SamplingParams(temperature=args.temperature, seed=seed))
+                                       SamplingParams(temperature=args.temperature, seed=seed),
+                                       lookup=args.lookup)
                 dec.scale = scale
                 for ev in dec.generate(Session(target), prompt, args.tokens,
                                        DraftSchedule(fixed=args.k)):
                     if ev.round is not None and ev.round.draft_len > 0:
-                        c = counts.setdefault(domain, [0, 0])
-                        c[0] += ev.round.emitted
-                        c[1] += 1
+                        for key in (domain, ev.round.source):
+                            c = counts.setdefault(key, [0, 0])
+                            c[0] += ev.round.emitted
+                            c[1] += 1
+            sources = {s: counts.pop(s) for s in ("drafter", "lookup") if s in counts}
             per = {d: round(e / v, 3) for d, (e, v) in counts.items()}
             emitted, verifies = (sum(c[i] for c in counts.values()) for i in (0, 1))
-            print(json.dumps({"s": scale, "seed": seed, **per,
-                              "all": round(emitted / verifies, 3), "verifies": verifies}),
-                  flush=True)
+            by_source = {f"{s} rounds": [v, round(e / v, 3)] for s, (e, v) in sources.items()}
+            print(json.dumps({"s": scale, "seed": seed, **per, "all": round(emitted / verifies, 3),
+                              "verifies": verifies, **by_source}), flush=True)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,18 @@ class TokenHistory:
         self.extend(tokens)
 
     def continuation(self, k: int) -> list[int]:
-        """Up to k tokens that followed the last n-gram where it occurred before (the latest
-        such place); [] where it did not. The last n-gram itself is not indexed yet (no
-        token follows it), so what is found lies before it and is never empty."""
+        """The k tokens that followed the last n-gram where it occurred before (the latest
+        such place), the copy going on into itself past the end (text repeating with a
+        period shorter than k: the period again); [] where it did not occur. The last
+        n-gram itself is not indexed yet (no token follows it), so what is found lies
+        before it."""
         if len(self.tokens) < self.ngram:
             return []
         at = self.follows.get(tuple(self.tokens[-self.ngram :]))
-        return [] if at is None else self.tokens[at : at + k]
+        if at is None:
+            return []
+        copied = self.tokens[at : at + k]
+        period = len(self.tokens) - at
+        while len(copied) < k:
+            copied.append(copied[len(copied) - period])
+        return copied

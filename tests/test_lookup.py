@@ -15,9 +15,10 @@ def test_continuation_follows_the_latest_earlier_occurrence():
     assert h.continuation(1) == [5]
 
 
-def test_continuation_stops_at_the_end_of_what_is_known():
-    assert history([7, 7, 7]).continuation(4) == [7]  # "7 7" before the last: one 7 after it
-    assert history([1, 2, 3, 1, 2]).continuation(8) == [3, 1, 2]
+def test_a_copy_reaching_the_end_goes_on_with_the_period():
+    assert history([7, 7, 7]).continuation(4) == [7, 7, 7, 7]  # one 7 after "7 7", then again
+    assert history([1, 2, 3, 1, 2]).continuation(8) == [3, 1, 2, 3, 1, 2, 3, 1]
+    assert history([5, 1, 2, 6, 1, 2]).continuation(5) == [6, 1, 2, 6, 1]
 
 
 def test_no_continuation_where_the_ngram_is_new_or_the_history_short():
@@ -40,7 +41,11 @@ def test_extending_in_pieces_equals_extending_at_once():
 
 
 def brute_force(seq, n, k):
+    """The draft's tokens are what the text would be if it went on repeating from j on."""
     for j in range(len(seq) - 1, n - 1, -1):
         if seq[j - n : j] == seq[-n:]:
-            return seq[j : j + k]
+            text = list(seq)
+            while len(text) < len(seq) + k:
+                text.append(text[j + len(text) - len(seq)])
+            return text[len(seq) :]
     return []
