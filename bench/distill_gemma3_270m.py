@@ -1,5 +1,5 @@
 """The recipe of the drafter shipped for Gemma 3 270M (gemma_mtp_mlx/data/gemma3-270m-drafter):
-stage 1, then stages 2 to 14, each fine-tuning the one before; the package ships stage 13.
+stage 1, then stages 2 to 14, each fine-tuning the one before; the package ships stage 14.
 
     python bench/distill_gemma3_270m.py --out /work/runs/distill270/drafter \\
         --target-dir /work/runs/g3_270m_pair/target
@@ -104,8 +104,8 @@ distill_gemma3_270m_settings.py). The package shipped this stage's OUT from 49d1
 
 Stage 13 (`--stage13 DRAFTER`): stage 12 as shipped from 49d1a0a, fine-tuned on stage 12's
 rows (read from its OUT with `--rows-from`) and on greedy_prompts_8.txt's prompts continued
-both sampled at T = 0.7 and greedily, counted twice (`stage_parts`). The package ships this
-stage's OUT:
+both sampled at T = 0.7 and greedily, counted twice (`stage_parts`). The package shipped this
+stage's OUT from f952569:
 
     git archive 49d1a0a gemma_mtp_mlx/data/gemma3-270m-drafter | tar -x -C /tmp/stage12
     python bench/distill_gemma3_270m.py --out /work/runs/v13/drafter \\
@@ -113,7 +113,8 @@ stage's OUT:
         --stage13 /tmp/stage12/gemma_mtp_mlx/data/gemma3-270m-drafter [--shard 0|1]
 
 Stage 14 (`--stage14 STAGE13_OUT`): stage 13 fine-tuned on stages 12-13's rows and on
-greedy_prompts_9.txt's prompts (300 of 750 multilingual), sampled and greedy, counted twice:
+greedy_prompts_9.txt's prompts (300 of 750 multilingual), sampled and greedy, counted twice.
+The package ships this stage's OUT (stage 13's OUT holds the model shipped from f952569):
 
     python bench/distill_gemma3_270m.py --out /work/runs/v14/drafter \\
         --target-dir /work/runs/g3_270m_pair/target \\
