@@ -116,14 +116,29 @@ def sample(probs: mx.array, key: mx.array) -> mx.array:
     return mx.array(np.array(picks, dtype=np.uint32).reshape(probs.shape[:-1]))
 
 
+# Tokens per block of `_inverse_cdf`: numpy's cumulative sum runs at ~17 ns a token (4.7 ms
+# over Gemma's 262,144-way row on the 2-core CPU, most of a host draw's 5 ms); block sums
+# then one block's cumulative sum find the same token in a fraction of that.
+CDF_BLOCK = 512
+
+
 def _inverse_cdf(p: np.ndarray, u: float) -> int:
     """The token at u of the row's cumulative distribution (float64): the first whose
-    cumulative sum passes u * total, so never one of probability 0."""
-    cdf = np.cumsum(p, dtype=np.float64)
-    pick = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    if pick >= len(p) or p[pick] == 0:  # u * total rounded up to the total
-        pick = int(np.flatnonzero(p)[-1])
-    return pick
+    cumulative sum passes u * total, so never one of probability 0. Found by blocks: the
+    block whose running total passes it, then the token within that block."""
+    pad = -len(p) % CDF_BLOCK
+    blocks = (np.pad(p, (0, pad)) if pad else p).reshape(-1, CDF_BLOCK)
+    ends = np.cumsum(blocks.sum(axis=1, dtype=np.float64))
+    goal = u * ends[-1]
+    b = int(np.searchsorted(ends, goal, side="right"))
+    if b >= len(ends):  # u * total rounded up to the total
+        return int(np.flatnonzero(p)[-1])
+    row = blocks[b]  # its sum is > 0: ends[b - 1] <= goal < ends[b]
+    inner = np.cumsum(row, dtype=np.float64) + (ends[b - 1] if b else 0.0)
+    j = int(np.searchsorted(inner, goal, side="right"))
+    if j >= CDF_BLOCK:  # the block's sum and its running total rounded apart
+        j = int(np.flatnonzero(row)[-1])
+    return b * CDF_BLOCK + j
 
 
 def top2_margin(logits: mx.array) -> mx.array:

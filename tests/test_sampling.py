@@ -157,6 +157,27 @@ def test_host_and_device_distributions_agree(params, monkeypatch):
     assert ((host == 0) == (device == 0)).all() and (host == 0).any() == filtered
 
 
+def test_the_blocked_inverse_cdf_finds_the_token_a_full_cumulative_sum_finds():
+    """Rows shorter and longer than a block, not a multiple of it, with zeros (whole zero
+    blocks too), at random u and at u = 0 and just below 1."""
+    from gemma_mtp_mlx.sampling import CDF_BLOCK, _inverse_cdf
+
+    rng = np.random.default_rng(9)
+    for n in (7, CDF_BLOCK, 3 * CDF_BLOCK + 5, 262_144):
+        p = rng.dirichlet(np.full(n, 0.3)).astype(np.float32)
+        p[rng.random(n) < 0.3] = 0.0
+        p[CDF_BLOCK : 2 * CDF_BLOCK] = 0.0
+        p[-1] = 0.0
+        cdf = np.cumsum(p, dtype=np.float64)
+        for u in [*rng.random(200), 0.0, 1.0 - 1e-17]:
+            pick = _inverse_cdf(p, u)
+            assert p[pick] > 0
+            want = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), n - 1)
+            if p[want] == 0:
+                want = int(np.flatnonzero(p)[-1])
+            assert pick == want, (n, u)
+
+
 @pytest.mark.usefixtures("sampling_path")
 def test_sample_draws_from_each_row_and_never_a_zero_probability_token():
     rng = np.random.default_rng(4)
