@@ -1,4 +1,6 @@
-"""What prompt-lookup drafts could add to the drafter's (not built into decoding yet): at the start
+"""What prompt-lookup drafts could add to the drafter's (the estimate made before decoding had them;
+decoding's own lookup is gemma_mtp_mlx/lookup.py, whose copy also goes on with its period past
+the end of the text, and `drafter_counts.py --lookup` measures it in the loop): at the start
 of every real greedy verify round of the drafter at K, how many drafts a lookup draft would have
 kept (the K tokens that followed the latest earlier occurrence, in the prompt or the text so far,
 of the last --ngram tokens), and the rule "the lookup draft where the n-gram recurs, else the
