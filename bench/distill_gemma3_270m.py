@@ -120,6 +120,14 @@ The package ships this stage's OUT (stage 13's OUT holds the model shipped from 
         --target-dir /work/runs/g3_270m_pair/target \\
         --rows-from /work/runs/v12/drafter /work/runs/v13/drafter \\
         --stage14 /work/runs/v13/drafter [--shard 0|1]
+
+Stage 15 (`--stage15 STAGE14_OUT`): stage 14 fine-tuned on the same rows, none new, with the
+loss at T = 0.7 (teacher and drafter tempered alike):
+
+    python bench/distill_gemma3_270m.py --out /work/runs/v15/drafter \\
+        --target-dir /work/runs/g3_270m_pair/target \\
+        --rows-from /work/runs/v12/drafter /work/runs/v13/drafter /work/runs/v14/drafter \\
+        --stage15 /work/runs/v14/drafter
 """
 
 from __future__ import annotations
@@ -314,7 +322,7 @@ def finetune(drafter, target, cache, config: dict, settings: dict, work: Path, r
 
     cfg = TrainConfig(steps=settings["steps"], batch=settings["batch"],
                       draft_depth=settings["draft_depth"], lr=settings["lr"],
-                      seed=settings["seed"])
+                      seed=settings["seed"], temperature=settings.get("loss_temperature", 1.0))
     meta = {"config": config, "settings": settings, "cache": cache.meta["tokens_hash"]}
     result = train(drafter, target, cache, cfg, work / "ckpt", meta, rep.training(cfg.steps))
     if result["interrupted"]:
@@ -383,7 +391,7 @@ def grown_drafter(target, tokenizer, start: Path, work: Path, settings: dict, he
 
 def stage_from_drafter(target, tokenizer, target_dir: Path, out: Path, start: Path,
                        settings: dict, shard=None, rows_from=()) -> dict:
-    """Stage 7, 8, 9, 10, 12, 13 or 14 (`settings`): `start` (its head grown, or deepened, if
+    """Stage 7, 8, 9, 10, 12, 13, 14 or 15 (`settings`): `start` (its head grown, or deepened, if
     settings say so) fine-tuned on the rows of settings' prompt files (`stage_parts`), read
     from the .work of `rows_from` folders that have them, else built in its own (only
     `shard`'s part of them, and no training, with `shard`)."""
@@ -496,12 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
                    (11, "stage 10, as shipped from commit c4d16e8"),
                    (12, "stage 11, as shipped from commit 2c084b2"),
                    (13, "stage 12, as shipped from commit 49d1a0a"),
-                   (14, "stage 13's OUT")):
+                   (14, "stage 13's OUT"), (15, "stage 14's OUT")):
         p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")
     p.add_argument("--rows-from", nargs="*", default=[], metavar="OUT",
-                   help="stages 7-14: read prompt rows from these earlier OUT folders' .work")
+                   help="stages 7-15: read prompt rows from these earlier OUT folders' .work")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -523,7 +531,7 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
         p.error("--set and --time-budget are stage 1's")
     start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
     if args.rows_from and not start:
-        p.error("--rows-from is for stages 7-14")
+        p.error("--rows-from is for stages 7-15")
     if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if start and (chain or len(start) > 1 or args.set or args.time_budget is not None

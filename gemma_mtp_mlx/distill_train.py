@@ -4,7 +4,9 @@ A step reads B cached rows of T tokens. The drafter's step 1 at position t reads
 `concat(embed(x[t+1]), h_t)` with position id t+1 and the K/V of positions <= t
 (exactly what `Decoder.draft` gives it); steps 2..D keep that position and feed their
 own carry, as drafting does. The loss at every step is KL(teacher || drafter) over
-the drafter's vocabulary, the teacher being its cached top k plus one "rest" bucket.
+the drafter's vocabulary, the teacher being its cached top k plus one "rest" bucket; with a
+`temperature` both sides are tempered first, so the loss is the mismatch of the two
+distributions sampling at that temperature compares (`tempered_teacher`).
 
 The vocabulary-wide part (head matmul, softmax, KL and their gradients) runs in numpy:
 its exp is vectorised (~1.3 G elements/s on this CPU, MLX's CPU exp ~66 M/s) and its
@@ -46,6 +48,7 @@ class TrainConfig:
     draft_depth: int = 3
     lr: float = 1e-3
     seed: int = 0
+    temperature: float = 1.0  # of the loss's teacher and drafter (tempered_teacher)
     ckpt_seconds: float = 180.0  # checkpoint at least this often
     time_budget: float | None = None  # seconds of training in this run
 
@@ -68,25 +71,46 @@ def batch_indices(seed: int, step: int, batch: int, n_rows: int) -> np.ndarray:
 # -- the vocabulary-wide loss in numpy ----------------------------------------------------
 
 
-def head_kl_numpy(hs, weight, ids, logp, w, chunk: int = 4096):
-    """KL(teacher || softmax(hs @ weight.T)) with the teacher as its top k (`ids`, `logp`)
-    plus a rest bucket, weighted by `w` [N] and summed; and its gradients.
+def tempered_teacher(logp: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(top-k log-probabilities, rest mass) of the teacher at `temperature`, from its top k at
+    1. The rest's tokens are not stored: each is counted at the k-th probability, the most it
+    can have, so the rest's tempered mass is p_rest * p_k ** (1 / T - 1) (an upper bound for
+    T < 1, where it shrinks fast: at T = 0.7 and p_k = 0.002 it is 7 % of p_rest)."""
+    p_rest = np.clip(1.0 - np.exp(logp).sum(-1), 0.0, 1.0)
+    if temperature == 1.0:
+        return logp, p_rest
+    scaled = logp / np.float32(temperature)
+    with np.errstate(divide="ignore"):
+        log_rest = np.log(p_rest) + (1.0 / temperature - 1.0) * logp.min(-1)
+    top = scaled.max(-1, keepdims=True)
+    z = np.exp(scaled - top).sum(-1) + np.exp(log_rest - top[:, 0])
+    log_z = top[:, 0] + np.log(z)
+    return (scaled - log_z[:, None]).astype(np.float32), np.exp(log_rest - log_z)
+
+
+def head_kl_numpy(hs, weight, ids, logp, w, chunk: int = 4096, temperature: float = 1.0):
+    """KL(teacher || softmax(hs @ weight.T / temperature)) with the teacher as its top k
+    (`ids`, `logp`, at temperature 1) plus a rest bucket, tempered alike (`tempered_teacher`),
+    weighted by `w` [N] and summed; and its gradients.
 
     Returns (loss, argmax agrees with ids[:, 0] [N] bool, d_hs [N, H], d_weight [V, H]).
-    Gradient wrt the logits, per row: q_j - p_j on the teacher's top k, and
+    Gradient wrt the tempered logits, per row: q_j - p_j on the teacher's top k, and
     q_j (1 - p_rest / q_rest) elsewhere (the rest bucket's mass shared in proportion to
-    the student's)."""
+    the student's); times 1 / temperature for the logits themselves."""
     N = hs.shape[0]
     d_hs = np.zeros_like(hs)
     d_w = np.zeros_like(weight)
     agree = np.zeros(N, dtype=bool)
+    logp, p_rest = tempered_teacher(logp, temperature)
     p_top = np.exp(logp)
-    p_rest = np.clip(1.0 - p_top.sum(-1), 0.0, 1.0)
+    inv_t = np.float32(1.0 / temperature)
     loss = 0.0
     for lo in range(0, N, chunk):
         sl = slice(lo, min(lo + chunk, N))
         rows_ids, wt, pr = ids[sl], w[sl], p_rest[sl]
         s = hs[sl] @ weight.T
+        if temperature != 1.0:
+            s *= inv_t
         s -= s.max(-1, keepdims=True)
         agree[sl] = s.argmax(-1) == rows_ids[:, 0]
         s_top = np.take_along_axis(s, rows_ids, -1)
@@ -102,19 +126,22 @@ def head_kl_numpy(hs, weight, ids, logp, w, chunk: int = 4096):
         g = e
         g *= (wt * (1.0 - pr / q_rest) / z)[:, None]
         np.put_along_axis(g, rows_ids, wt[:, None] * (e_top / z[:, None] - p_top[sl]), -1)
+        if temperature != 1.0:
+            g *= inv_t
         d_hs[sl] = g @ weight
         d_w += g.T @ hs[sl]
     return loss, agree, d_hs, d_w
 
 
-def head_kl(ids: np.ndarray, logp: np.ndarray, w: np.ndarray):
+def head_kl(ids: np.ndarray, logp: np.ndarray, w: np.ndarray, temperature: float = 1.0):
     """`f(hs, weight) -> (loss, agree)` as an MLX function with a gradient (numpy inside)."""
 
     @mx.custom_function
     def f(hs, weight):
         hs, weight = np.array(hs), np.array(weight)  # runs the drafter's forward
         with blas_threads(threads_for(*hs.shape, weight.shape[0])):
-            loss, agree, d_hs, d_w = head_kl_numpy(hs, weight, ids, logp, w)
+            loss, agree, d_hs, d_w = head_kl_numpy(hs, weight, ids, logp, w,
+                                                   temperature=temperature)
         return mx.array(loss), mx.array(agree), mx.array(d_hs), mx.array(d_w)
 
     @f.vjp
@@ -175,13 +202,13 @@ def batch_arrays(cache: TeacherCache, target, idx: np.ndarray):
     return b, emb, mx.array(b["hidden"]), kv
 
 
-def make_loss(depth: int, window: int):
+def make_loss(depth: int, window: int, temperature: float = 1.0):
     def loss_fn(drafter, emb, h, kv, targets):
         ids, logp, w = targets
         B, T, _ = emb.shape
         hs = unrolled_hidden(drafter, emb, h, kv, masks(T - depth, T, window), depth)
         hs = mx.concatenate([x.reshape(-1, x.shape[-1]) for x in hs])
-        loss, agree = head_kl(ids, logp, w)(hs, drafter.model.embed_tokens.weight)
+        loss, agree = head_kl(ids, logp, w, temperature)(hs, drafter.model.embed_tokens.weight)
         return loss, agree
 
     return loss_fn
@@ -279,7 +306,7 @@ def train(drafter, target, cache: TeacherCache, cfg: TrainConfig, ckpt: Path, me
     after the current step with a checkpoint (`interrupted`: True)."""
     opt = make_optimizer(cfg)
     step = start = load_checkpoint(ckpt, drafter, opt, meta)
-    loss_fn = make_loss(cfg.draft_depth, target.sliding_window)
+    loss_fn = make_loss(cfg.draft_depth, target.sliding_window, cfg.temperature)
     grad_fn = nn.value_and_grad(drafter, loss_fn)
     t0 = last_ckpt = time.perf_counter()
     history, tokens = [], 0
