@@ -149,6 +149,7 @@ from distill_gemma3_270m_settings import (
     STAGE2,
     STAGE11,
     STAGES,
+    STARTS,
 )
 
 from gemma_mtp_mlx.distill import distill
@@ -498,13 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--stage{n}", default=None, metavar=f"STAGE{n - 1}_OUT",
                        help=f"run stage {n} on a finished stage {n - 1}"
                             + (" (see above)" if n == 2 else " (with the --stageN before it)"))
-    for n, was in ((7, "stage 6, as shipped until commit 19b9d1f"),
-                   (8, "stage 7, as shipped from commit e2fd4fe"),
-                   (9, "stage 7, as for stage 8"), (10, "stage 9's OUT"),
-                   (11, "stage 10, as shipped from commit c4d16e8"),
-                   (12, "stage 11, as shipped from commit 2c084b2"),
-                   (13, "stage 12, as shipped from commit 49d1a0a"),
-                   (14, "stage 13's OUT"), (15, "stage 14's OUT")):
+    for n, was in STARTS.items():
         p.add_argument(f"--stage{n}", default=None, metavar="DRAFTER",
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")

@@ -108,3 +108,11 @@ STAGE15 = {**STAGE14, "loss_temperature": 0.7, "steps": 200, "seed": 14}
 FROM_DRAFTER = {7: STAGE7, 8: STAGE8, 9: STAGE9, 10: STAGE10, 11: STAGE11, 12: STAGE12,
                 13: STAGE13, 14: STAGE14, 15: STAGE15}
 GREEDY_SHARDS = 2
+# what each stage from a drafter starts from (its --stageN's help)
+STARTS = {7: "stage 6, as shipped until commit 19b9d1f",
+          8: "stage 7, as shipped from commit e2fd4fe",
+          9: "stage 7, as for stage 8", 10: "stage 9's OUT",
+          11: "stage 10, as shipped from commit c4d16e8",
+          12: "stage 11, as shipped from commit 2c084b2",
+          13: "stage 12, as shipped from commit 49d1a0a", 14: "stage 13's OUT",
+          15: "stage 14's OUT"}
