@@ -31,7 +31,6 @@ class Conversation:
         self.system = system
         self.messages: list[dict] = []
         self.session = None
-        self.ids: list[int] = []  # tokens in the session: the cache, then `pending`
         self.dirty = False  # the cache may not match `ids` (an interrupted answer)
         self.turns = 0
         self.model_role = engine.model_role
@@ -62,6 +61,11 @@ class Conversation:
         return msgs
 
     @property
+    def ids(self) -> list[int]:
+        """Tokens in the session: the cache, then `pending` (its history)."""
+        return self.session.history.tokens if self.session is not None else []
+
+    @property
     def cached(self) -> int:
         """Tokens in the cache proper (the pending token is not)."""
         if self.session is None:
@@ -70,14 +74,12 @@ class Conversation:
 
     def reset(self) -> None:
         self.session = self.engine.new_session()
-        self.ids = []
         self.dirty = False
 
     def clear(self) -> None:
         self.messages = []
         self.turns = 0
         self.session = None
-        self.ids = []
         self.dirty = False
 
     def plan(self, user_text: str) -> list[int]:
@@ -108,12 +110,10 @@ class Conversation:
         return full
 
     def _keep(self, keep: int) -> None:
-        if keep < len(self.ids):
+        if keep < len(self.ids):  # keep is len - 1: the pending token is not kept
             self.session.drop_pending()
-            self.ids = self.ids[:keep]
 
-    def record(self, user_text: str, fed: list[int], answer: list[int], interrupted: bool):
-        self.ids = self.ids + fed + answer
+    def record(self, user_text: str, answer: list[int], interrupted: bool):
         body = [t for t in answer]
         while body and body[-1] in self.engine.eos_ids:
             body.pop()
@@ -277,6 +277,6 @@ def answer_turn(engine, request, convo, message: str, screen: ChatScreen, drafti
         screen.answered = True
     if interrupted and stats is None:
         screen.note.print("[dim](stopped before the first token)[/]")
-    convo.record(message, fed, answer, interrupted)
+    convo.record(message, answer, interrupted)
     if stats is not None:
         screen.last = (stats, cached)

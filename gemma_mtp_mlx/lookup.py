@@ -16,6 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 NGRAM = 2
+# Bytes a TokenHistory holds per token (the list, the n-gram index and their int and tuple
+# objects): 146-148 measured with tracemalloc over 100,000 tokens of random ids and of ids
+# from 2,000 (2026-12-04); ~19 MB at 128k tokens, which the prefix cache's budget counts.
+BYTES_PER_TOKEN = 150
 
 
 class TokenHistory:
@@ -29,6 +33,11 @@ class TokenHistory:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def nbytes(self) -> int:
+        """About what it holds in memory (BYTES_PER_TOKEN)."""
+        return BYTES_PER_TOKEN * len(self.tokens)
 
     def extend(self, tokens: Iterable[int]) -> None:
         n = self.ngram

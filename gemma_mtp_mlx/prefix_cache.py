@@ -28,11 +28,15 @@ from .models.target import DRAFTER_SLIDING_SPAN_EXTRA
 
 @dataclass
 class Entry:
-    ids: list[int]  # the tokens the session holds (its cache, then the pending token)
     session: object  # decoding.Session
     aligned: int  # leading tokens computed by whole prefill chunks
     sliding: dict  # layer index -> (keys, values) of the entries just before `aligned`
-    nbytes: int
+    nbytes: int  # its caches, tails and token history
+
+    @property
+    def ids(self) -> list[int]:
+        """The tokens the session holds (its cache, then the pending token)."""
+        return self.session.history.tokens
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -129,17 +133,17 @@ class PrefixCache:
                 self.put(session, prompt + tokens, aligned, tails)
 
     def put(self, session, ids: list[int], aligned: int, sliding: dict) -> None:
-        """Keep `session` (holding exactly `ids`; `aligned` and `sliding` as measured right
-        after its prefill) as the most recent entry."""
-        if session.length != len(ids) or aligned <= 0:  # nothing exact to offer
-            return
-        nbytes = sum(c.nbytes for c in session.cache)
+        """Keep `session` (holding exactly `ids`, its history; `aligned` and `sliding` as
+        measured right after its prefill) as the most recent entry."""
+        if session.history.tokens != ids or session.length != len(ids) or aligned <= 0:
+            return  # nothing exact to offer
+        nbytes = sum(c.nbytes for c in session.cache) + session.history.nbytes
         nbytes += sum(k.nbytes + v.nbytes for k, v in sliding.values())
         if nbytes > self.max_bytes:
             return
         for key in [k for k, e in self.entries.items() if ids[: len(e.ids)] == e.ids]:
             del self.entries[key]  # superseded: the new entry holds all it did
-        self.entries[self._next] = Entry(list(ids), session, aligned, sliding, nbytes)
+        self.entries[self._next] = Entry(session, aligned, sliding, nbytes)
         self._next += 1
         while self.nbytes > self.max_bytes:
             self.entries.popitem(last=False)

@@ -493,7 +493,7 @@ def test_reused_cache_gives_the_same_answer_as_a_fresh_prefill(e2b):
         answer = []
         for chunk in e2b.stream(fed, Request(max_tokens=10), convo.session):
             answer += chunk.tokens
-        convo.record(message, fed, answer, interrupted=False)
+        convo.record(message, answer, interrupted=False)
         if i == 1:
             fresh = e2b.run(before + fed, Request(max_tokens=10, draft="off"))
             assert fresh.token_ids == answer
@@ -503,7 +503,7 @@ def test_reused_cache_gives_the_same_answer_as_a_fresh_prefill(e2b):
 def test_an_interrupted_turn_rebuilds_the_cache(e2b):
     convo = Conversation(e2b)
     fed = convo.plan("Hello there")
-    convo.record("Hello there", fed, [300, 301], interrupted=True)
+    convo.record("Hello there", [300, 301], interrupted=True)
     again = convo.plan("next")
     assert convo.cached == 0 and again[: len(fed)] == fed  # everything fed again
     assert convo.messages[1]["content"] == e2b.tokenizer.decode([300, 301])

@@ -101,7 +101,13 @@ def test_a_session_that_does_not_hold_what_it_says_is_not_kept():
     session = e.new_session()
     e.run(LONG, Request(max_tokens=2, ignore_eos=True), session)
     cache.put(session, LONG + [5], PREFILL_CHUNK, {})  # len(LONG) + 2 held, one less claimed
+    held = list(session.history.tokens)
+    cache.put(session, held[:-1] + [held[-1] + 1], PREFILL_CHUNK, {})  # other tokens
     assert not cache.entries
+    cache.put(session, held, PREFILL_CHUNK, {})
+    (entry,) = cache.entries.values()
+    # Its bytes count the token history lookup drafts copy from, not only the caches.
+    assert entry.nbytes == sum(c.nbytes for c in session.cache) + 150 * len(held)
 
 
 def test_common_prefix():
