@@ -31,6 +31,7 @@ from .models.gemma4_assistant_host import HostDraftStep
 from .sampling import (
     Proposal,
     SamplingParams,
+    distribution,
     on_host,
     probabilities,
     sample,
@@ -165,7 +166,7 @@ class Decoder:
         """The target's token for each row of logits [..., V]."""
         if self.sampling.greedy:
             return mx.argmax(logits, axis=-1)
-        return sample(probabilities(logits, self.sampling), self._key())
+        return sample(distribution(logits, self.sampling), self._key())
 
     @property
     def decode_width(self) -> int:
@@ -302,7 +303,7 @@ class Decoder:
     def accept_sampled(self, logits, proposal: Proposal, drafts) -> tuple[int, int]:
         """Rejection sampling against the drafter's distributions (see sampling.py)."""
         return speculative_accept(
-            lambda row: probabilities(logits[row], self.sampling), proposal, drafts, self._key()
+            lambda row: distribution(logits[row], self.sampling), proposal, drafts, self._key()
         )
 
     def redo_from(self, session: Session, inputs, row: int, fed: int):

@@ -23,8 +23,8 @@ import numpy as np
 from .request import SamplingParams
 
 __all__ = [
-    "Proposal", "SamplingParams", "on_host", "probabilities", "sample", "speculative_accept",
-    "top2_margin",
+    "Proposal", "SamplingParams", "distribution", "on_host", "probabilities", "sample",
+    "speculative_accept", "top2_margin",
 ]
 
 
@@ -55,6 +55,15 @@ class Proposal:
             return cls(mx.stack(q), mx.stack(picks).reshape(-1))
         rows = mx.stack([mx.broadcast_to(i, r.shape) for i, r in zip(ids, q, strict=True)])
         return cls(mx.stack(q), mx.stack(picks).reshape(-1), rows)
+
+
+def distribution(logits: mx.array, params: SamplingParams) -> np.ndarray | mx.array:
+    """`probabilities` where they are used next: a numpy array on the host (`on_host`), so a
+    row that is only sampled or compared is never copied back into MLX (that copy took
+    2.3 ms of a 262,144-way row's 4.0 ms; 2-core CPU, 2026-12-04, ad-hoc timing)."""
+    if on_host():
+        return host_probabilities(np.array(logits.astype(mx.float32)), params)
+    return probabilities(logits, params)
 
 
 def probabilities(logits: mx.array, params: SamplingParams) -> mx.array:
@@ -106,9 +115,10 @@ def _host_row(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     return probs / probs.sum()
 
 
-def sample(probs: mx.array, key: mx.array) -> mx.array:
+def sample(probs: mx.array | np.ndarray, key: mx.array) -> mx.array:
     """One token id per row of `probs` (on the host: the inverse of the cumulative
-    distribution at a uniform draw of `key`, in float64; never a token of probability 0)."""
+    distribution at a uniform draw of `key`, in float64; never a token of probability 0).
+    `probs` as `distribution` gives them: numpy on the host, MLX elsewhere."""
     if not on_host():
         return mx.random.categorical(mx.log(probs), axis=-1, key=key)
     p = np.asarray(probs).reshape(-1, probs.shape[-1])
@@ -166,15 +176,19 @@ def speculative_accept(
     k_accept, k_next = mx.random.split(key)
     u = mx.random.uniform(shape=(K,), key=k_accept)
     bars = (u * proposal.q[mx.arange(K), proposal.picks]).tolist()  # u q(d) < p(d): keep d
+    row = (lambda n: np.asarray(p_row(n))) if on_host() else p_row  # numpy rows on the host
     for n, (bar, draft) in enumerate(zip(bars, drafts.tolist(), strict=True)):
-        p = p_row(n)
-        if not p[draft].item() > bar:
+        p = row(n)
+        if not float(p[draft]) > bar:
             return n, sample(residual(p, proposal, n), k_next).item()
-    return K, sample(p_row(K), k_next).item()
+    return K, sample(row(K), k_next).item()
 
 
-def residual(p: mx.array, proposal: Proposal, row: int) -> mx.array:
-    """max(p - q_row, 0) renormalised: what a rejected draft is replaced from."""
+def residual(p: mx.array | np.ndarray, proposal: Proposal, row: int) -> mx.array | np.ndarray:
+    """max(p - q_row, 0) renormalised: what a rejected draft is replaced from (numpy for a
+    numpy p: 0.5 ms on a 262,144-way row where MLX's CPU ops took 7 ms)."""
+    if isinstance(p, np.ndarray):
+        return _host_residual(p, proposal, row)
     q = proposal.q[row]
     if proposal.ids is None:
         rest = mx.maximum(p - q, 0.0)
@@ -183,3 +197,16 @@ def residual(p: mx.array, proposal: Proposal, row: int) -> mx.array:
     mass = rest.sum()
     # Where p == q the residual is empty, and rejection had probability 0.
     return mx.where(mass > 0, rest / mx.maximum(mass, 1e-30), p)
+
+
+def _host_residual(p: np.ndarray, proposal: Proposal, row: int) -> np.ndarray:
+    """`residual` in numpy, the same float32 arithmetic."""
+    q = np.asarray(proposal.q[row], dtype=np.float32)
+    if proposal.ids is None:
+        rest = p - q
+    else:
+        rest = p.copy()
+        rest[np.asarray(proposal.ids[row])] -= q  # a token is listed once (loading checks)
+    np.maximum(rest, 0.0, out=rest)
+    mass = rest.sum()
+    return rest / np.maximum(mass, np.float32(1e-30)) if mass > 0 else p
