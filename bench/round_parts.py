@@ -36,7 +36,8 @@ def clock(fn, *args):
 
 
 def parts(target, drafter, prompt, temperature, k, rounds) -> dict:
-    dec = Decoder(target, drafter, SamplingParams(temperature=temperature, seed=1))
+    dec = Decoder(target, drafter, SamplingParams(temperature=temperature, seed=1),
+                  draft_stop=0.0)  # K draft steps, timed
     dec.prepare(prompt)
     session = Session(target)
     logits, session.carry = dec.step(session, prompt)
