@@ -28,10 +28,9 @@ def decode(target, drafter, prompt, n, k, cal, width=0):
     width: pad verify passes to this many rows (0: K+1); cal: the product's calibration
     (decode width, guard), or None: 1-row decode passes and no guard (margin 0)."""
     if cal is None:
-        dec = Decoder(target, drafter, greedy_margin=0.0, verify_width=width, decode_width=1,
-                      draft_stop=0.0)
+        dec = Decoder(target, drafter, greedy_margin=0.0, verify_width=width, decode_width=1)
     else:
-        dec = Decoder(target, drafter, verify_width=width, calibration=cal, draft_stop=0.0)
+        dec = Decoder(target, drafter, verify_width=width, calibration=cal)
     spec = {HEURISTIC: "heuristic", AUTO: "auto"}.get(k, k)
     tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n,
                                              make_schedule(spec, drafter is not None))

@@ -19,7 +19,7 @@ from pathlib import Path
 import common as C
 import mlx.core as mx
 
-from gemma_mtp_mlx.decoding import DRAFT_STOP, Decoder
+from gemma_mtp_mlx.decoding import Decoder
 from gemma_mtp_mlx.distill_data import parse_prompts
 from gemma_mtp_mlx.loading import eos_ids, load_drafter, load_target
 from gemma_mtp_mlx.sampling import SamplingParams
@@ -29,12 +29,12 @@ HELDOUT = Path(__file__).resolve().parent / "heldout_prompts.txt"
 
 
 def run(target, drafter, prompt, n, k, temperature, seed, eos, memory=None, lookup=False,
-        lookup_memory=None, draft_stop=DRAFT_STOP):
+        lookup_memory=None):
     """(tokens, decode seconds, verify rounds, emitted in them, drafted, accepted).
-    `lookup`, `lookup_memory`, `draft_stop`: decoding.Decoder's."""
+    `lookup`, `lookup_memory`: decoding.Decoder's."""
     mx.random.seed(seed)
     dec = Decoder(target, drafter, SamplingParams(temperature=temperature), lookup=lookup,
-                  lookup_memory=lookup_memory, draft_stop=draft_stop)
+                  lookup_memory=lookup_memory)
     schedule = make_schedule(k, drafter is not None, memory=memory)
     tokens, seconds, rounds = C.timed_decode(dec, target, prompt, n, schedule, eos)
     verifies = [r for r in rounds if r.draft_len]
@@ -76,9 +76,6 @@ def main(argv=None):
     p.add_argument("--chat-template", action="store_true")
     p.add_argument("--lookup", action="store_true",
                    help="also drafts copied from the context where it repeats (lookup.py)")
-    p.add_argument("--draft-stop", type=float, default=DRAFT_STOP,
-                   help="the drafter stops below this estimate that its drafts all survive "
-                        "(decoding.DRAFT_STOP; 0: always K)")
     p.add_argument("--memory", action="store_true",
                    help="auto keeps one ScheduleMemory per temperature across all prompts, "
                         "in file order, as the product keeps one per drafter across requests "
@@ -123,7 +120,7 @@ def main(argv=None):
                         toks, dt, *counts = run(target, drafter if drafts else None,
                                                 prompt, args.tokens, args.k, temperature,
                                                 seed, eos, memory if drafts else None,
-                                                args.lookup, lookup_memory, args.draft_stop)
+                                                args.lookup, lookup_memory)
                         n_tok += len(toks) - 1
                         secs += dt
                         if use == "plain" and r == 0:
@@ -156,7 +153,6 @@ def main(argv=None):
              f"({args.prompts}), up to {args.tokens} new tokens each (EOS stops), {args.runs} "
              "runs alternated, medians of per-domain tok/s"
              + ("; auto's memory kept across prompts" if args.memory else "")
-             + f"; draft stop {args.draft_stop}"
              + ("; with lookup drafts." if args.lookup else "."))
     C.report("Distilled drafter on real weights, per domain", body, args.append, notes)
 

@@ -28,7 +28,7 @@ def greedy_rounds(target, drafter, prompt: list[int], k: int, tokens: int):
     """Greedy speculative decoding of `prompt` at K = k: the text (prompt included) and each
     drafting round as (start, RoundInfo), its drafts predicting text[start:]."""
     text, rounds = list(prompt), []
-    for ev in Decoder(target, drafter, draft_stop=0.0).generate(Session(target), prompt, tokens,
+    for ev in Decoder(target, drafter).generate(Session(target), prompt, tokens,
                                                  DraftSchedule(fixed=k)):
         if ev.round is not None and ev.round.draft_len > 0:  # as distill.evaluate counts
             rounds.append((len(text), ev.round))

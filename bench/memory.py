@@ -19,7 +19,7 @@ def peak(target, drafter, prompt, n, k):
     mx.eval(target.lm.parameters())
     C.free()
     mx.reset_peak_memory()
-    dec = Decoder(target, drafter, greedy_margin=0.0, draft_stop=0.0)
+    dec = Decoder(target, drafter, greedy_margin=0.0)
     schedule = DraftSchedule(fixed=0 if drafter is None else k)
     for _ in dec.generate(Session(target), prompt, n, schedule):
         pass

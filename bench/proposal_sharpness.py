@@ -61,7 +61,7 @@ def main(argv=None):
             for domain, prompt in prompts:
                 dec = SharpenedDecoder(target, drafter,
                                        SamplingParams(temperature=args.temperature, seed=seed),
-                                       lookup=args.lookup, draft_stop=0.0)
+                                       lookup=args.lookup)
                 dec.scale = scale
                 for ev in dec.generate(Session(target), prompt, args.tokens,
                                        DraftSchedule(fixed=args.k)):

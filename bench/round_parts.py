@@ -36,8 +36,7 @@ def clock(fn, *args):
 
 
 def parts(target, drafter, prompt, temperature, k, rounds) -> dict:
-    dec = Decoder(target, drafter, SamplingParams(temperature=temperature, seed=1),
-                  draft_stop=0.0)  # K draft steps, timed
+    dec = Decoder(target, drafter, SamplingParams(temperature=temperature, seed=1))
     dec.prepare(prompt)
     session = Session(target)
     logits, session.carry = dec.step(session, prompt)

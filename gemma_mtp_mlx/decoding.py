@@ -13,8 +13,6 @@ the calibrated margin on the single-token path, which is plain decoding itself.
 
 A round's drafts come from the drafter or, with `lookup`, from the conversation itself where
 its last tokens occurred before (lookup.py); the verify, acceptance and rollback are the same.
-The drafter stops short of the schedule's K once its own estimate that every draft so far
-survives falls below DRAFT_STOP; drafts depend on the drafter alone, so output is unchanged.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ from .sampling import (
     sample,
     speculative_accept,
     top2_margin,
-    top_probability,
 )
 from .schedule import (
     MAX_DRAFT,
@@ -54,12 +51,6 @@ from .schedule import (
 __all__ = ["AutoSchedule", "Decoder", "DraftSchedule", "Event", "RoundInfo", "Session"]
 
 PREFILL_CHUNK = 512
-# The drafter stops once the product of its probabilities of its drafts so far (greedy: of
-# its top token at T = 1; sampled: of the token drawn) is below this. On the 270M pair's
-# recorded K = 4 rounds (held-out prompts, 2026-12-04) a modelled round cost gave: greedy
-# K = 3 1.51x, K = 4 1.49x, stopping at 0.1 / 0.2 / 0.3 1.59 / 1.59 / 1.58x; T = 0.7 K = 2
-# 1.25x, stopping 1.28 / 1.29 / 1.29x (bench/draft_stop.py). 0 never stops.
-DRAFT_STOP = 0.2
 
 
 @dataclass
@@ -129,7 +120,7 @@ class Decoder:
     Test and benchmark overrides: `greedy_margin` (a fixed margin for every row; 0 turns
     the guard off), `verify_width` (an int: pad every verify to at least that many rows),
     `decode_width` (a fixed w0), `host_draft=False` (MLX's draft step even where numpy's
-    applies), `draft_stop` (DRAFT_STOP; 0: always the schedule's K).
+    applies).
     """
 
     def __init__(
@@ -145,7 +136,6 @@ class Decoder:
         host_draft: bool = True,
         lookup: bool = False,
         lookup_memory: ScheduleMemory | None = None,
-        draft_stop: float = DRAFT_STOP,
     ):
         self.target = target
         self.drafter = drafter
@@ -159,7 +149,6 @@ class Decoder:
         self._checking = 0.0  # seconds of this round spent re-checking the calibration
         self._plain_run = False  # the last round was a plain step
         self.host_draft = host_draft
-        self.draft_stop = draft_stop
         self.lookup = lookup and drafter is not None
         self.lookup_memory = lookup_memory if lookup_memory is not None else ScheduleMemory()
         self._host = None  # (drafter, its HostDraftStep or None)
@@ -209,25 +198,20 @@ class Decoder:
 
     # -- the speculative round: draft, verify, accept, roll back ------------------------
     def draft(self, session: Session, k: int) -> tuple[list[mx.array], Proposal | None]:
-        """Up to k drafts (fewer where the drafter's confidence falls below draft_stop)."""
         step = self.draft_step(session)
         token = mx.array([[session.pending]], dtype=mx.uint32)
-        carry, drafts, q, picks, columns, sure = session.carry, [], [], [], [], 1.0
+        carry, drafts, q, picks, columns = session.carry, [], [], [], []
         for _ in range(k):
             logits, ids, carry = step(token, carry)
             if self.sampling.greedy:
                 pick = mx.argmax(logits, axis=-1)
-                sure *= top_probability(logits) if self.draft_stop else 1.0
             else:
                 q.append(self.proposal(logits))
                 pick = sample(q[-1], self._key())
                 picks.append(pick)
                 columns.append(ids)
-                sure *= q[-1][pick].item() if self.draft_stop else 1.0
             token = (pick if ids is None else ids[pick]).astype(mx.uint32).reshape(1, 1)
             drafts.append(token.reshape(1))
-            if sure < self.draft_stop:
-                break
         return drafts, (Proposal.stack(q, picks, columns) if q else None)
 
     def copied_draft(self, tokens: list[int]) -> tuple[list[mx.array], Proposal | None]:
@@ -282,11 +266,11 @@ class Decoder:
 
     def speculative_round(self, session: Session, k: int, fed: int, margin: float,
                           copied: list[int] | None = None):
-        """Draft up to k tokens (or take the k `copied` ones), verify them in one target pass
-        of `fed` rows, keep the agreeing prefix plus the target's own next token, and roll
-        the cache back past the rest. Returns (new tokens, drafts accepted, whether a row was
-        redone, drafts made)."""
-        drafts, q, fed, margin = self.take_drafts(session, k, fed, margin, copied)
+        """Draft k tokens (or take the k `copied` ones), verify them in one target pass of
+        `fed` rows, keep the agreeing prefix plus the target's own next token, and roll the
+        cache back past the rest. Returns (new tokens, drafts accepted, whether a row was
+        redone)."""
+        drafts, q = self.draft(session, k) if copied is None else self.copied_draft(copied)
         inputs = mx.concatenate([mx.array([session.pending], dtype=mx.uint32), *drafts])
         logits, hidden = self.verify(session, inputs, fed)
         drafts = inputs[1:]
@@ -300,17 +284,7 @@ class Decoder:
             accepted, next_token = self.accept_sampled(logits, q, drafts)
         rollback(session.cache, fed - accepted - 1)  # forget the rejected drafts (and padding)
         session.carry = hidden[:, accepted : accepted + 1]
-        return drafts[:accepted].tolist() + [next_token], accepted, False, len(drafts)
-
-    def take_drafts(self, session: Session, k: int, fed: int, margin: float, copied):
-        """(drafts, proposal, fed, margin): the `copied` ones or up to k of the drafter's,
-        verified as planned or, where the drafter stopped early, on fewer rows."""
-        if copied is not None:
-            return *self.copied_draft(copied), fed, margin
-        drafts, q = self.draft(session, k)
-        if len(drafts) < k:
-            fed, margin = self.shorter_plan(session, len(drafts), fed, margin)
-        return drafts, q, fed, margin
+        return drafts[:accepted].tolist() + [next_token], accepted, False
 
     def accept_greedy(self, logits, drafts, margin: float) -> tuple[int, int, int | None]:
         """Longest prefix of drafts equal to the target's argmax, then the target's token.
@@ -338,8 +312,7 @@ class Decoder:
         Returns what speculative_round returns."""
         rollback(session.cache, fed - row)
         logits, session.carry = self.single(session, inputs[row])
-        return inputs[1 : row + 1].tolist() + [mx.argmax(logits).item()], row, True, len(
-            inputs) - 1
+        return inputs[1 : row + 1].tolist() + [mx.argmax(logits).item()], row, True
 
     # -- planning a round: width and guard ----------------------------------------------
     def prepare(self, tokens: Iterable[int] = ()) -> None:
@@ -377,16 +350,6 @@ class Decoder:
             fed = self.width(k + 1, at)  # the plan may change with what was measured
             self._checking += time.perf_counter() - t
         return fed, cal.margin(fed, at)
-
-    def shorter_plan(self, session: Session, drafted: int, fed: int, margin: float):
-        """(rows to feed, margin) for a round whose drafter stopped at `drafted` drafts: the
-        width for that many rows where its margin is known here, else the planned one."""
-        at = cache_offset(session.cache)
-        narrower = self.width(drafted + 1, at)
-        if not self.sampling.greedy or self.forced_margin is not None:
-            return narrower, margin
-        known = self.calibration.margin(narrower, at) if self.calibration else None
-        return (narrower, known) if known is not None else (fed, margin)
 
     # -- the loop -------------------------------------------------------------------
     def generate(
@@ -446,8 +409,7 @@ class Decoder:
     def _round(self, session, schedules: Schedules, budget: int):
         """One round: speculative when a schedule drafts and the round may run here, else a
         plain step. The schedule that chose learns from the round (its time without any
-        calibration check; a drafter that stopped early counts as rejected at the schedule's
-        K). Returns (new tokens, drafts made, accepted, redone, source)."""
+        calibration check). Returns (new tokens, k drafted, accepted, redone, source)."""
         t, self._checking = time.perf_counter(), 0.0
         schedule, k, copied, source = self.choose_drafts(session, schedules, budget)
         plan = None
@@ -460,15 +422,14 @@ class Decoder:
             # probe (which auto learns from) must cost what a plain step costs.
             ahead = budget > 1 and schedule is not None and (
                 self.drafter is None or self._plain_run)
-            self._plain_run, k, drafted, accepted, redone = True, 0, 0, 0, False
+            self._plain_run, k, accepted, redone = True, 0, 0, False
             new = [self.plain_step(session, run_ahead=ahead)]
         else:
             self._plain_run = False
-            new, accepted, redone, drafted = self.speculative_round(session, k, *plan,
-                                                                    copied=copied)
+            new, accepted, redone = self.speculative_round(session, k, *plan, copied=copied)
         if schedule is not None:
             schedule.update(k, accepted, time.perf_counter() - t - self._checking)
-        return new, drafted, accepted, redone, source
+        return new, k, accepted, redone, source
 
     def choose_drafts(self, session: Session, schedules: Schedules, budget: int):
         """(the schedule that chooses, k, drafts copied from the context or None: the

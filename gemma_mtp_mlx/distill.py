@@ -289,7 +289,7 @@ def evaluate(target, drafter, prompts: list[list[int]], k: int = 4, new_tokens: 
 def _evaluate(target, drafter, prompts, k, new_tokens, lookup) -> dict:
     emitted = verifies = drafted = accepted = copied = 0
     for prompt in prompts:
-        decoder = Decoder(target, drafter, lookup=lookup, draft_stop=0.0)  # always K drafts
+        decoder = Decoder(target, drafter, lookup=lookup)
         for ev in decoder.generate(Session(target), prompt, new_tokens, DraftSchedule(fixed=k)):
             r = ev.round
             if r is not None and r.draft_len > 0:

@@ -24,7 +24,7 @@ from .request import SamplingParams
 
 __all__ = [
     "Proposal", "SamplingParams", "distribution", "on_host", "probabilities", "sample",
-    "speculative_accept", "top2_margin", "top_probability",
+    "speculative_accept", "top2_margin",
 ]
 
 
@@ -150,15 +150,6 @@ def _inverse_cdf(p: np.ndarray, u: float) -> int:
     if j >= CDF_BLOCK:  # the block's sum and its running total rounded apart
         j = int(np.flatnonzero(row)[-1])
     return b * CDF_BLOCK + j
-
-
-def top_probability(logits: mx.array) -> float:
-    """The largest probability of softmax(logits) (one row; numpy on the host)."""
-    x = logits if logits.dtype == mx.float32 else logits.astype(mx.float32)
-    if on_host():
-        x = np.asarray(x)
-        return float(1.0 / np.exp(x - x.max()).sum())
-    return (1.0 / mx.exp(x - x.max()).sum()).item()
 
 
 def top2_margin(logits: mx.array) -> mx.array:

@@ -7,25 +7,20 @@ and tests use it to drive every accept/reject pattern through the loop.
 
 from __future__ import annotations
 
-import math
 import random
 
 import mlx.core as mx
 
 
 class ScriptedDrafter:
-    def __init__(self, drafter, continuation: list[int], start: int, alpha: float, seed: int = 0,
-                 sure: float | None = None):
-        """`continuation[i]` is the target's token at absolute position `start + i`.
-        `sure`: the probability its logits give the token it drafts (None: ~1), which is
-        what decides where the loop stops drafting (decoding.DRAFT_STOP)."""
+    def __init__(self, drafter, continuation: list[int], start: int, alpha: float, seed: int = 0):
+        """`continuation[i]` is the target's token at absolute position `start + i`."""
         self.drafter = drafter
         self.args = drafter.args
         self.vocab_size = drafter.vocab_size
         self.continuation = list(continuation)
         self.start = start
         self.alpha = alpha
-        self.sure = sure
         self.rng = random.Random(seed)
         self._position = None
         self._step = 0
@@ -40,10 +35,7 @@ class ScriptedDrafter:
             token = self.continuation[index]
         else:  # a wrong guess (may still hit by chance, as a real drafter's would)
             token = self.rng.randrange(self.vocab_size)
-        high, low = 30.0, -30.0
-        if self.sure is not None:
-            high, low = math.log(self.sure), math.log((1 - self.sure) / (self.vocab_size - 1))
-        scripted = mx.where(mx.arange(self.vocab_size) == token, high, low)
+        scripted = mx.where(mx.arange(self.vocab_size) == token, 30.0, -30.0)
         # Keep the real drafter's head in the graph, so its cost is paid, through its
         # argmax: `0 * logits` would be NaN wherever a head masks tokens with -inf
         # (centroid and vocabulary-subset heads), and NaN wins an argmax on some backends.

@@ -13,7 +13,6 @@ from gemma_mtp_mlx.sampling import (
     probabilities,
     sample,
     speculative_accept,
-    top_probability,
 )
 
 
@@ -198,11 +197,3 @@ def test_sample_draws_from_each_row_and_never_a_zero_probability_token():
     for row in range(2):
         stat, crit = chi2_fits(counts[row], p[row])
         assert stat < crit, (row, stat, crit)
-
-
-@pytest.mark.usefixtures("sampling_path")
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_top_probability_is_the_largest_of_the_softmax(dtype):
-    logits = mx.array(np.random.default_rng(4).normal(size=300).astype(np.float32) * 3)
-    want = float(np.array(mx.softmax(logits.astype(dtype).astype(mx.float32))).max())
-    assert top_probability(logits.astype(dtype)) == pytest.approx(want, rel=1e-5)
