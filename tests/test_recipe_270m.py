@@ -31,7 +31,7 @@ import distill_gemma3_270m_settings as settings  # noqa: E402
     (["--stage8", "d", "--set", "lr=1"], "no other --stageN"),
     (["--stage10", "d", "--stage9", "d"], "no other --stageN"),
     (["--stage11", "d", "--stage10", "d"], "no other --stageN"),
-    (["--rows-from", "s8"], "stages 7-14"),
+    (["--rows-from", "s8"], "stages 7-15"),
 ])
 def test_stage_arguments_fail_before_loading(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
