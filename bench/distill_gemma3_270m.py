@@ -155,6 +155,8 @@ from distill_gemma3_270m_settings import (
 
 from gemma_mtp_mlx.distill import distill
 
+FROM_STAGES = f"{min(FROM_DRAFTER)}-{max(FROM_DRAFTER)}"  # the stages that start from a drafter
+
 
 def held_out_prompts() -> list[str]:
     """bench/heldout_prompts.txt and distill's own held-out split of the prompt set."""
@@ -505,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"run stage {n} on a finished drafter folder ({was}); "
                             "no other --stageN")
     p.add_argument("--rows-from", nargs="*", default=[], metavar="OUT",
-                   help="stages 7-15: read prompt rows from these earlier OUT folders' .work")
+                   help=f"stages {FROM_STAGES}: read prompt rows from these OUT folders' .work")
     p.add_argument("--shard", type=int, default=None, choices=range(GREEDY_SHARDS),
                    help="stages 2+: only build this part of the stage's rows (no training)")
     p.add_argument("--greedy-round", type=int, default=None, choices=range(8),
@@ -527,7 +529,7 @@ def stage_chain(p: argparse.ArgumentParser, args) -> list[Path]:
         p.error("--set and --time-budget are stage 1's")
     start = [n for n in FROM_DRAFTER if getattr(args, f"stage{n}")]
     if args.rows_from and not start:
-        p.error("--rows-from is for stages 7-15")
+        p.error(f"--rows-from is for stages {FROM_STAGES}")
     if not chain and not start and (args.shard is not None or args.greedy_round is not None):
         p.error("--shard and --greedy-round are for stages 2+ (give --stage2 ...)")
     if start and (chain or len(start) > 1 or args.set or args.time_budget is not None
